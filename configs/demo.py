@@ -1,0 +1,128 @@
+"""Demo config: a tiny multimodal emotion LLM trained from the synthetic MER2023-layout dataset on CPU.
+
+Usage: --config configs/demo.py[:modalities=audio,video,text] --config.train.steps=200
+"""
+
+import ml_collections
+
+ALL_MODALITIES = ('audio', 'video', 'text')
+
+
+def parse_modalities(arg: str | None) -> tuple[str, ...]:
+  """Parses 'audio,video' style strings into a tuple of known modality names."""
+  if not arg:
+    return ALL_MODALITIES
+  chosen = tuple(m.strip() for m in arg.split(',') if m.strip())
+  unknown = [m for m in chosen if m not in ALL_MODALITIES]
+  if unknown or not chosen:
+    raise ValueError(f'unknown modalities {unknown} in {arg!r}; choose from {ALL_MODALITIES}')
+  return chosen
+
+
+def parse_options(arg: str | None) -> dict[str, str]:
+  """Parses 'modalities=audio,video,variant=tiny': a part without '=' extends the previous value."""
+  options: dict[str, str] = {}
+  key = None
+  for part in (arg or '').split(','):
+    if '=' in part:
+      key, value = part.split('=', 1)
+      options[key.strip()] = value.strip()
+    elif key is not None and part.strip():
+      options[key] += ',' + part.strip()
+    elif part.strip():
+      raise ValueError(f'config option {part!r} in {arg!r} is not key=value')
+  return options
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the demo config; `arg` is 'key=value,...' with key in {modalities, variant}."""
+  options = parse_options(arg)
+  unknown_options = set(options) - {'modalities', 'variant'}
+  if unknown_options:
+    raise ValueError(f'unknown config options {sorted(unknown_options)}; valid: modalities, variant')
+  variant = options.get('variant', 'demo')
+  if variant not in ('demo', 'tiny'):
+    raise ValueError(f"unknown variant {variant!r}; choose 'demo' or 'tiny'")
+  tiny = variant == 'tiny'
+
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = 'runs/demo/data'          # a prepared dataset (mer-jax prepare --out)
+  c.data.tokenizer = ''                  # '' = <data.dir>/tokenizer.json
+  c.data.train_split = 'train'
+  c.data.val_fraction = 0.1              # validation carved from the train split
+  c.data.max_transcript_tokens = 24
+  c.data.seq_len = 64
+  c.data.shuffle_seed = 0
+  c.data.worker_threads = 2
+
+  c.model = ml_collections.ConfigDict()
+  c.model.modalities = parse_modalities(options.get('modalities'))
+  c.model.dtype = 'float32'              # compute dtype
+  c.model.param_dtype = 'float32'
+  c.model.dropout = 0.1
+  c.model.remat = 'none'                 # 'none' | 'full' | 'dots'
+
+  c.model.audio = ml_collections.ConfigDict()
+  c.model.audio.sample_rate = 16000
+  c.model.audio.n_fft = 400
+  c.model.audio.hop_length = 160
+  c.model.audio.n_mels = 80
+  c.model.audio.width = 64 if not tiny else 32
+  c.model.audio.layers = 2 if not tiny else 1
+  c.model.audio.heads = 4 if not tiny else 2
+  c.model.audio.mlp = 256 if not tiny else 64
+  c.model.audio.max_frames = 1500        # Whisper's positional table size (30 s)
+  c.model.audio.num_soft_tokens = 4
+
+  c.model.vision = ml_collections.ConfigDict()
+  c.model.vision.image_size = 48 if not tiny else 32
+  c.model.vision.patch_size = 8
+  c.model.vision.width = 64 if not tiny else 32
+  c.model.vision.layers = 2 if not tiny else 1
+  c.model.vision.heads = 4 if not tiny else 2
+  c.model.vision.mlp = 256 if not tiny else 64
+  c.model.vision.num_soft_tokens = 4
+
+  c.model.fusion = ml_collections.ConfigDict()
+  c.model.fusion.kind = 'projector'      # 'projector' | 'qformer'
+  c.model.fusion.qformer_layers = 1
+  c.model.fusion.qformer_heads = 4
+
+  c.model.llm = ml_collections.ConfigDict()
+  c.model.llm.vocab_size = 0             # 0 = the tokenizer's size
+  c.model.llm.width = 128 if not tiny else 32
+  c.model.llm.layers = 2 if not tiny else 1
+  c.model.llm.heads = 4 if not tiny else 2
+  c.model.llm.kv_heads = 2 if not tiny else 1
+  c.model.llm.mlp = 384 if not tiny else 64
+  c.model.llm.rope_theta = 10000.0
+  c.model.llm.norm_eps = 1e-5
+  c.model.llm.qkv_bias = False
+  c.model.llm.tie_embeddings = False
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 600 if not tiny else 6
+  c.train.batch_size = 32 if not tiny else 4
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 50 if not tiny else 1
+  c.train.weight_decay = 0.01
+  c.train.grad_clip = 1.0
+  c.train.valence_loss_weight = 1.0
+  c.train.log_every = 50 if not tiny else 1
+  c.train.eval_every = 200 if not tiny else 3
+  c.train.checkpoint_every = 200 if not tiny else 3
+  c.train.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 64 if not tiny else 4
+  c.eval.max_new_tokens = 6
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                       # -1: all remaining devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.sharding_rules = ()                  # () = the default table in mer_jax/train/sharding.py
+  return c

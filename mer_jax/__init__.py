@@ -1,0 +1,1 @@
+"""mer_jax: multimodal emotion-recognition LLMs in JAX/Flax."""

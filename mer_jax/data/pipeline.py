@@ -1,0 +1,118 @@
+"""Grain input pipeline: prepared shards -> host shard -> seeded shuffle -> fixed-shape examples -> batches."""
+
+import json
+import os
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+
+from mer_jax.data import records
+from mer_jax.data.text import PromptBuilder, PromptLayout, TextTokenizer
+
+
+def load_info(data_dir: str) -> dict:
+  """Reads a prepared dataset's dataset_info.json."""
+  path = os.path.join(data_dir, 'dataset_info.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {data_dir} a dataset written by `mer-jax prepare`?')
+  with open(path) as f:
+    return json.load(f)
+
+
+def tokenizer_path(data_config: Any) -> str:
+  """config.data.tokenizer, or the tokenizer.json saved with the prepared dataset."""
+  return data_config.tokenizer or os.path.join(data_config.dir, 'tokenizer.json')
+
+
+class IndexedSource(grain.sources.RandomAccessDataSource):
+  """A view of a data source restricted to some of its indices."""
+
+  def __init__(self, source: Any, indices: np.ndarray):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> Any:
+    return self.source[int(self.indices[index])]
+
+
+def validation_indices(num_records: int, fraction: float, seed: int) -> np.ndarray:
+  """The sorted indices of the train split held out for validation (seeded)."""
+  count = int(round(num_records * fraction))
+  return np.sort(np.random.default_rng(seed).permutation(num_records)[:count])
+
+
+def open_split(data_config: Any, info: dict, split: str) -> IndexedSource:
+  """A split's records; 'val' and the training part of 'train' are carved by config.data.val_fraction."""
+  source_split = data_config.train_split if split == 'val' else split
+  if source_split not in info['splits']:
+    known = sorted(info['splits']) + (['val'] if data_config.val_fraction > 0 else [])
+    raise ValueError(f'split {split!r} is not in {data_config.dir}; known splits: {known}')
+  files = [os.path.join(data_config.dir, name) for name in info['splits'][source_split]['files']]
+  source = grain.sources.ArrayRecordDataSource(files)
+  all_indices = np.arange(len(source))
+  if source_split != data_config.train_split or data_config.val_fraction <= 0:
+    return IndexedSource(source, all_indices)
+  held_out = validation_indices(len(source), data_config.val_fraction, data_config.shuffle_seed)
+  if split == 'val':
+    return IndexedSource(source, held_out)
+  return IndexedSource(source, np.setdiff1d(all_indices, held_out))
+
+
+def prompt_builder(config: Any, info: dict) -> PromptBuilder:
+  """The prompt builder for the configured modalities and the dataset's labels."""
+  layout = PromptLayout(
+      modalities=tuple(config.model.modalities),
+      num_audio_tokens=config.model.audio.num_soft_tokens,
+      num_video_tokens=config.model.vision.num_soft_tokens,
+      max_transcript_tokens=config.data.max_transcript_tokens,
+      seq_len=config.data.seq_len,
+  )
+  return PromptBuilder(TextTokenizer(tokenizer_path(config.data)), layout, info['labels'])
+
+
+class Featurizer:
+  """Turns a serialized record into the model's fixed-shape example (see text.PromptBuilder)."""
+
+  def __init__(self, builder: PromptBuilder, modalities: tuple[str, ...]):
+    self.builder = builder
+    self.modalities = modalities
+    self.label_ids = {label: i for i, label in enumerate(builder.labels)}
+
+  def __call__(self, raw: bytes) -> dict[str, np.ndarray]:
+    record = records.decode(raw)
+    label_id = self.label_ids[record['label']]
+    example = self.builder.build(record['sentence'], self.builder.answers[label_id])
+    example['label'] = np.int32(label_id)
+    example['valence'] = np.float32(record['valence'])
+    if 'audio' in self.modalities:
+      example['audio'] = record['audio']
+    if 'video' in self.modalities:
+      example['frames'] = record['frames']
+    return example
+
+
+def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.IterDataset:
+  """Endless shuffled batches of this host's shard of the training split (checkpointable)."""
+  source = open_split(config.data, info, config.data.train_split)
+  featurizer = Featurizer(prompt_builder(config, info), tuple(config.model.modalities))
+  dataset = grain.MapDataset.source(source)[shard_index::shard_count]
+  dataset = dataset.shuffle(seed=config.data.shuffle_seed).repeat(None)
+  dataset = dataset.map(featurizer).batch(batch_size, drop_remainder=True)
+  read_options = grain.ReadOptions(num_threads=config.data.worker_threads, prefetch_buffer_size=4)
+  return dataset.to_iter_dataset(read_options)
+
+
+def eval_batches(config: Any, info: dict, split: str, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+  """A split in order, as (batch, number of real examples); the last batch is padded by repetition."""
+  source = open_split(config.data, info, split)
+  featurizer = Featurizer(prompt_builder(config, info), tuple(config.model.modalities))
+  for start in range(0, len(source), batch_size):
+    examples = [featurizer(source[i]) for i in range(start, min(start + batch_size, len(source)))]
+    valid = len(examples)
+    examples += [examples[-1]] * (batch_size - valid)
+    yield {k: np.stack([e[k] for e in examples]) for k in examples[0]}, valid

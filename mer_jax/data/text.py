@@ -1,0 +1,156 @@
+"""Tokenizer wrapper and the prompt/answer template that reserves soft-token spans by position."""
+
+import dataclasses
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+PAD, BOS, EOS, UNK = '<pad>', '<bos>', '<eos>', '<unk>'
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+
+# Names pretrained tokenizers use for the same roles, tried in order.
+_ROLE_ALIASES = {
+    'pad': (PAD, '<|endoftext|>', '<unk>', '</s>'),
+    'bos': (BOS, '<s>', '<|begin_of_text|>', '<|im_start|>', '<|endoftext|>'),
+    'eos': (EOS, '</s>', '<|end_of_text|>', '<|im_end|>', '<|endoftext|>'),
+}
+
+AUDIO_HEADER = 'Audio:'
+VIDEO_HEADER = ' Video:'
+TRANSCRIPT_HEADER = ' Transcript:'
+QUESTION = ' Question: Which emotion does the person express? Answer:'
+
+
+def build_tokenizer(texts: list[str], out_path: str, vocab_size: int = 800) -> None:
+  """Trains a byte-level BPE tokenizer on `texts` plus the prompt template and saves tokenizer.json."""
+  tokenizer = tokenizers.Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=vocab_size,
+      special_tokens=list(SPECIAL_TOKENS),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False,
+  )
+  template = [AUDIO_HEADER, VIDEO_HEADER, TRANSCRIPT_HEADER, QUESTION]
+  tokenizer.train_from_iterator(list(texts) + template * 50, trainer=trainer)
+  tokenizer.save(out_path)
+
+
+class TextTokenizer:
+  """A tokenizer.json with the pad/bos/eos ids the templates need."""
+
+  def __init__(self, path: str):
+    try:
+      self.tokenizer = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:
+      raise ValueError(f'cannot read tokenizer file {path}: {e}') from e
+    self.path = path
+    self.pad_id = self._role_id('pad')
+    self.bos_id = self._role_id('bos')
+    self.eos_id = self._role_id('eos')
+
+  def _role_id(self, role: str) -> int:
+    for name in _ROLE_ALIASES[role]:
+      token_id = self.tokenizer.token_to_id(name)
+      if token_id is not None:
+        return token_id
+    raise ValueError(f'tokenizer {self.path} has no {role} token (tried {_ROLE_ALIASES[role]})')
+
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids the embedding table must cover."""
+    return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text` without special tokens."""
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids: list[int]) -> str:
+    """Text of `ids`, special tokens dropped."""
+    return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptLayout:
+  """Which modalities the prompt carries and how many soft tokens each reserves."""
+
+  modalities: tuple[str, ...]
+  num_audio_tokens: int
+  num_video_tokens: int
+  max_transcript_tokens: int
+  seq_len: int
+
+
+class PromptBuilder:
+  """Builds fixed-length token sequences: prompt (with soft-token slots) + answer + padding."""
+
+  def __init__(self, tokenizer: TextTokenizer, layout: PromptLayout, labels: list[str]):
+    self.tokenizer = tokenizer
+    self.layout = layout
+    self.labels = list(labels)
+    self.answers = [self.answer_ids(label) for label in self.labels]
+    longest = max(len(a) for a in self.answers)
+    needed = len(self.prompt_ids('')[0]) + layout.max_transcript_tokens + longest
+    if needed > layout.seq_len:
+      raise ValueError(
+          f'data.seq_len={layout.seq_len} is too short: the prompt, {layout.max_transcript_tokens} '
+          f'transcript tokens and the longest answer need {needed}')
+
+  def answer_ids(self, label: str) -> list[int]:
+    """The answer's ids: the label word then EOS."""
+    return self.tokenizer.encode(' ' + label) + [self.tokenizer.eos_id]
+
+  def prompt_ids(self, sentence: str) -> tuple[list[int], list[int]]:
+    """Prompt ids (soft-token slots hold the pad id) and the soft-token positions, audio first."""
+    tok, layout = self.tokenizer, self.layout
+    ids = [tok.bos_id]
+    soft_positions: list[int] = []
+
+    def reserve(header: str, count: int) -> None:
+      ids.extend(tok.encode(header))
+      soft_positions.extend(range(len(ids), len(ids) + count))
+      ids.extend([tok.pad_id] * count)
+
+    if 'audio' in layout.modalities:
+      reserve(AUDIO_HEADER, layout.num_audio_tokens)
+    if 'video' in layout.modalities:
+      reserve(VIDEO_HEADER, layout.num_video_tokens)
+    if 'text' in layout.modalities:
+      ids.extend(tok.encode(TRANSCRIPT_HEADER))
+      ids.extend(tok.encode(' ' + sentence.strip())[:layout.max_transcript_tokens])
+    ids.extend(tok.encode(QUESTION))
+    return ids, soft_positions
+
+  def build(self, sentence: str, answer: list[int]) -> dict[str, np.ndarray]:
+    """Fixed-shape arrays for one example: tokens, loss_mask, soft_positions, answer_start."""
+    prompt, soft_positions = self.prompt_ids(sentence)
+    length = self.layout.seq_len
+    tokens = np.full([length], self.tokenizer.pad_id, np.int32)
+    loss_mask = np.zeros([length], np.float32)
+    sequence = prompt + answer
+    if len(sequence) > length:
+      raise ValueError(f'sequence of {len(sequence)} tokens exceeds data.seq_len={length}')
+    tokens[:len(sequence)] = sequence
+    loss_mask[len(prompt):len(sequence)] = 1.0
+    return {
+        'tokens': tokens,
+        'loss_mask': loss_mask,
+        'soft_positions': np.asarray(soft_positions, np.int32),
+        'answer_start': np.int32(len(prompt)),
+    }
+
+  def answer_text(self, generated: list[int]) -> str:
+    """The generated answer's text up to the first EOS, stripped."""
+    if self.tokenizer.eos_id in generated:
+      generated = generated[:generated.index(self.tokenizer.eos_id)]
+    return self.tokenizer.decode(generated).strip()
+
+  def parse_label(self, generated: list[int]) -> str | None:
+    """The label a generated answer names, or None when it is no known label.
+
+    The text up to the first EOS, stripped and lower-cased, must equal a label exactly.
+    """
+    text = self.answer_text(generated).lower()
+    return text if text in self.labels else None

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, decoding and reports."""

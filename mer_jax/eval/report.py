@@ -1,0 +1,55 @@
+"""Human-readable views of an evaluation report: a markdown table and a confusion-matrix PNG."""
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def summary_table(report: dict[str, Any]) -> str:
+  """The headline numbers as a markdown table."""
+  scored, generated, valence = report['scored'], report['generated'], report['valence']
+  rows = [
+      '| split | n | ACC (scored) | WAF (scored) | ACC (generated) | WAF (generated) | invalid | valence MSE | mean-predictor MSE |',
+      '|---|---|---|---|---|---|---|---|---|',
+      f"| {report['split']} | {report['count']} | {scored['accuracy']:.4f} | {scored['waf']:.4f} | "
+      f"{generated['accuracy']:.4f} | {generated['waf']:.4f} | {generated['invalid']} | "
+      f"{valence['mse']:.4f} | {valence['mean_predictor_mse']:.4f} |",
+  ]
+  return '\n'.join(rows)
+
+
+def write_markdown(report: dict[str, Any], path: str) -> None:
+  """Writes the summary table and per-class scores (scored predictions) as markdown."""
+  lines = [f"# Evaluation on split `{report['split']}`", '', summary_table(report), '',
+           'Scored: each label ranked by length-normalised answer log-likelihood (headline). '
+           'Generated: greedy decoding; an answer that is no known label is invalid and counts as wrong.',
+           '', '| label | precision | recall | F1 | support |', '|---|---|---|---|---|']
+  for label, scores in report['scored']['per_class'].items():
+    lines.append(f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | "
+                 f"{int(scores['support'])} |")
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def plot_confusion(report: dict[str, Any], path: str) -> None:
+  """Saves the scored and generated confusion matrices side by side as a PNG."""
+  labels = report['labels']
+  fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+  for ax, kind in zip(axes, ('scored', 'generated')):
+    matrix = np.asarray(report[kind]['confusion'])
+    ax.imshow(matrix, cmap='Blues')
+    columns = labels + ['invalid']
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha='right')
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+    ax.set_title(f"{kind}: WAF {report[kind]['waf']:.3f}")
+    for (i, j), count in np.ndenumerate(matrix):
+      ax.text(j, i, str(count), ha='center', va='center', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

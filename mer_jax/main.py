@@ -1,0 +1,146 @@
+"""Command-line entry: mer-jax {synth,prepare,train,evaluate} [flags]."""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
+
+from mer_jax import config_check
+
+COMMANDS = ('synth', 'prepare', 'train', 'evaluate')
+FLAGS = flags.FLAGS
+
+config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/demo.py:modalities=audio.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory: config.json, checkpoints/, TensorBoard events, eval/.')
+flags.DEFINE_string('out', None, 'Output directory (synth, prepare).')
+flags.DEFINE_string('raw', None, 'Raw dataset directory (prepare).')
+flags.DEFINE_string('format', 'mer2023', 'Raw dataset layout (prepare).')
+flags.DEFINE_integer('num_clips', 1000, 'Number of synthetic clips (synth).')
+flags.DEFINE_integer('seed', 0, 'Seed of the synthetic dataset (synth).')
+flags.DEFINE_integer('num_frames', 4, 'Frames sampled evenly from each clip (prepare).')
+flags.DEFINE_integer('frame_size', 48, 'Frame height and width after resizing (prepare).')
+flags.DEFINE_float('duration', 2.0, 'Seconds of audio kept per clip, trimmed or padded (prepare).')
+flags.DEFINE_string('tokenizer', None, "A pretrained LLM's tokenizer.json; default trains one on the data (prepare).")
+flags.DEFINE_string('split', 'test', 'Split to evaluate: a prepared split, or val (evaluate).')
+
+
+def require(command: str, *names: str) -> None:
+  """Fails with a usage message when a flag the command needs is missing."""
+  missing = [f'--{n}' for n in names if getattr(FLAGS, n) is None]
+  if missing:
+    raise app.UsageError(f'mer-jax {command} needs {", ".join(missing)}')
+
+
+def save_config(config: ConfigDict, workdir: str) -> None:
+  """Writes the resolved config to workdir/config.json, reporting keys that changed since the last run."""
+  path = os.path.join(workdir, 'config.json')
+  new = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    changed = sorted(k for k in flatten(new).keys() | flatten(old).keys()
+                     if flatten(new).get(k) != flatten(old).get(k))
+    if changed:
+      print(f'config differs from {path} in: {", ".join(changed)}; the new values apply')
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(new, f, indent=2)
+
+
+def flatten(tree: dict, prefix: str = '') -> dict[str, object]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  flat: dict[str, object] = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def load_run_config(workdir: str) -> ConfigDict:
+  """The config a run was trained with (workdir/config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise app.UsageError(f'{path} not found: train a run in {workdir} first')
+  with open(path) as f:
+    return ConfigDict(json.load(f))
+
+
+def run_synth() -> None:
+  """mer-jax synth --out DIR: writes the demo dataset as real mp4 files in the MER2023 layout."""
+  from mer_jax.data import synthetic
+  require('synth', 'out')
+  summary = synthetic.write_dataset(FLAGS.out, num_clips=FLAGS.num_clips, seed=FLAGS.seed)
+  print(json.dumps(summary, indent=2))
+
+
+def run_prepare() -> None:
+  """mer-jax prepare --format F --raw DIR --out DIR: decodes clips into ArrayRecord shards."""
+  from mer_jax.data import prepare
+  require('prepare', 'raw', 'out')
+  info = prepare.prepare_dataset(FLAGS.format, FLAGS.raw, FLAGS.out, num_frames=FLAGS.num_frames,
+                                 frame_size=FLAGS.frame_size, duration_s=FLAGS.duration,
+                                 tokenizer_path=FLAGS.tokenizer)
+  for split, split_info in info['splits'].items():
+    print(f"{split}: {split_info['count']} examples written, {len(split_info['skipped'])} skipped")
+    for skipped in split_info['skipped']:
+      print(f"  skipped {skipped['file']}: {skipped['reason']}")
+
+
+def run_train() -> None:
+  """mer-jax train --config FILE --workdir DIR: trains, or resumes from the latest checkpoint."""
+  from mer_jax.train.trainer import train
+  require('train', 'config', 'workdir')
+  save_config(FLAGS.config, FLAGS.workdir)
+  train(FLAGS.config, FLAGS.workdir)
+
+
+def run_evaluate() -> None:
+  """mer-jax evaluate --workdir DIR --split S: writes eval/report_S.{json,md} and the confusion PNG."""
+  from mer_jax.eval.evaluate import evaluate
+  from mer_jax.eval.report import summary_table
+  from mer_jax.train.checkpoint import Checkpointer
+  from mer_jax.train.experiment import Experiment
+  require('evaluate', 'workdir')
+  config = load_run_config(FLAGS.workdir)
+  experiment = Experiment(config)
+  checkpointer = Checkpointer(os.path.join(FLAGS.workdir, 'checkpoints'), config.train.keep_checkpoints)
+  restored = checkpointer.restore_latest(experiment.abstract_state())
+  if restored is None:
+    raise app.UsageError(f'no usable checkpoint in {checkpointer.directory}')
+  step, state, _ = restored
+  out_dir = os.path.join(FLAGS.workdir, 'eval')
+  report = evaluate(experiment, state['params'], FLAGS.split, out_dir)
+  checkpointer.close()
+  print(f'checkpoint step {step}; report in {out_dir}/report_{FLAGS.split}.json')
+  print(summary_table(report))
+
+
+def main(argv: list[str]) -> None:
+  """Dispatches to the command named by the first positional argument."""
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
+  {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate}[argv[1]]()
+
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags; an override of a key the config lacks stops here with the key and the valid ones."""
+  spec = config_check.config_argument(argv)
+  if spec is not None:
+    try:
+      problems = config_check.unknown_override_keys(config_check.load_config_file(spec), argv)
+    except (OSError, ValueError) as error:
+      problems = [f'config {spec}: {error}']
+    if problems:
+      sys.exit('error: ' + '\nerror: '.join(problems))
+  return FLAGS(argv)
+
+
+def run() -> None:
+  """Console-script entry point."""
+  app.run(main, argv=sys.argv, flags_parser=parse_flags)

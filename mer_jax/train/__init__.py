@@ -1,0 +1,1 @@
+"""Training: mesh and sharding, optimizer, step functions, checkpoints and the loop."""

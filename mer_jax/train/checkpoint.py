@@ -1,0 +1,54 @@
+"""Orbax checkpoints of the train state and the Grain iterator position, with fallback past damaged steps."""
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves {state, data iterator} asynchronously every N steps, keeping the newest `keep`."""
+
+  def __init__(self, directory: str, keep: int):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data'))
+
+  def save(self, step: int, state: Any, data_state: dict) -> None:
+    """Starts an asynchronous save of `state` and the iterator state at `step`."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+    """The newest checkpoint that restores, as (step, state, data state); damaged ones are set aside.
+
+    A step that fails to restore is reported, renamed to `<step>.damaged` (kept for inspection,
+    never deleted) and the previous step is tried.
+    """
+    self.manager.wait_until_finished()
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return step, restored['state'], restored['data']
+      except Exception as error:  # Orbax raises many types for unreadable files.
+        damaged = os.path.join(self.directory, str(step))
+        aside = f'{damaged}.damaged'
+        logging.warning('checkpoint %s is damaged (%s: %s); set aside as %s, trying the previous one',
+                        damaged, type(error).__name__, error, aside)
+        print(f'WARNING: checkpoint {damaged} is damaged ({type(error).__name__}); '
+              f'moved to {aside}; resuming from an earlier checkpoint')
+        if jax.process_index() == 0:
+          os.replace(damaged, aside)
+        self.manager.reload()
+    return None
+
+  def wait(self) -> None:
+    """Blocks until pending saves are written."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Finishes pending saves and releases the manager."""
+    self.manager.close()

@@ -1,0 +1,79 @@
+"""Device mesh, the logical-axis rules table, and host batches turned into global arrays."""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# Logical axis name -> mesh axis (or axes). Names missing here stay replicated.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('layers', None),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('head_dim', None),
+    ('audio_embed', 'fsdp'),
+    ('audio_mlp', 'tensor'),
+    ('vision_embed', 'fsdp'),
+    ('vision_mlp', 'tensor'),
+)
+
+
+def rules_from_config(config: Any) -> tuple[tuple[str, Any], ...]:
+  """The rules table: config.sharding_rules when given, else DEFAULT_RULES."""
+  rules = tuple(tuple(rule) for rule in config.sharding_rules) or DEFAULT_RULES
+  for rule in rules:
+    axes = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+    unknown = [a for a in axes if a is not None and a not in MESH_AXES]
+    if len(rule) != 2 or unknown:
+      raise ValueError(f'sharding rule {rule!r}: expected (logical_name, mesh axis or axes) '
+                       f'with mesh axes from {MESH_AXES}')
+  return rules
+
+
+def mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, ...]:
+  """Resolves the per-axis degrees of config.mesh (-1 fills with the remaining devices)."""
+  degrees = [int(mesh_config[axis]) for axis in MESH_AXES]
+  if degrees.count(-1) > 1:
+    raise ValueError(f'config.mesh {dict(zip(MESH_AXES, degrees))}: at most one axis may be -1')
+  known = int(np.prod([d for d in degrees if d != -1]))
+  if -1 in degrees:
+    if num_devices % known:
+      raise ValueError(f'config.mesh {dict(zip(MESH_AXES, degrees))} does not divide {num_devices} devices')
+    degrees[degrees.index(-1)] = num_devices // known
+  if int(np.prod(degrees)) != num_devices:
+    raise ValueError(f'config.mesh {dict(zip(MESH_AXES, degrees))} needs {int(np.prod(degrees))} '
+                     f'devices, {num_devices} are present')
+  return tuple(degrees)
+
+
+def build_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh with Auto axis types over `devices` (default: all)."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(mesh_config, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def logical_to_shardings(specs: Any, mesh: jax.sharding.Mesh, rules: Any) -> Any:
+  """Maps a tree of logical PartitionSpecs to NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, rules: Any) -> NamedSharding:
+  """Sharding of a batch's leading axis over the mesh's batch axes."""
+  return nn.logical_to_mesh_sharding(PartitionSpec('batch'), mesh, rules)
+
+
+def to_global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, rules: Any) -> dict[str, jax.Array]:
+  """Turns this host's part of a batch into global arrays sharded along the batch axes."""
+  sharding = batch_sharding(mesh, rules)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

@@ -1,0 +1,73 @@
+"""Builds the model and its train state directly on the mesh, with shardings from logical axis names."""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mer_jax.models.mer import MERModel
+from mer_jax.train import sharding
+
+
+@dataclasses.dataclass
+class ModelParts:
+  """The model's static structure, its non-trainable variables, and where its params live."""
+
+  factory: Callable[[], MERModel]
+  graphdef: nnx.GraphDef
+  rest: Any
+  param_shardings: Any
+  abstract_params: Any
+
+
+def model_factory(config: Any, vocab_size: int) -> Callable[[], MERModel]:
+  """A function that builds the configured model with the config's seed."""
+  return lambda: MERModel(config.model, vocab_size, rngs=nnx.Rngs(params=config.seed))
+
+
+def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rules: Any) -> ModelParts:
+  """Traces the model abstractly (nothing allocated) and derives parameter shardings."""
+  factory = model_factory(config, vocab_size)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    abstract = nnx.eval_shape(factory)
+    graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
+    specs = nnx.get_partition_spec(abstract_params).to_pure_dict()
+    param_shardings = sharding.logical_to_shardings(specs, mesh, rules)
+    rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
+  return ModelParts(factory, graphdef, rest, param_shardings, abstract_params.to_pure_dict())
+
+
+def train_state_shardings(parts: ModelParts, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> dict:
+  """Shardings of {'step', 'params', 'opt_state'}: optimizer moments follow their parameters."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract_opt_state = jax.eval_shape(tx.init, parts.abstract_params)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, abstract_opt_state, parts.param_shardings,
+      transform_non_params=lambda _: replicated)
+  return {'step': replicated, 'params': parts.param_shardings, 'opt_state': opt_shardings}
+
+
+def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardings: dict,
+                     mesh: jax.sharding.Mesh, rules: Any) -> dict:
+  """Creates the train state already sharded (jit with out_shardings), never on one device first."""
+
+  def init() -> dict:
+    params = nnx.state(parts.factory(), nnx.Param).to_pure_dict()
+    return {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    return jax.jit(init, out_shardings=shardings)()
+
+
+def abstract_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardings: dict) -> Any:
+  """ShapeDtypeStructs with shardings, the target for restoring a checkpoint onto the mesh."""
+  abstract = {
+      'step': jax.ShapeDtypeStruct([], jnp.int32),
+      'params': parts.abstract_params,
+      'opt_state': jax.eval_shape(tx.init, parts.abstract_params),
+  }
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

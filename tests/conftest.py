@@ -1,0 +1,26 @@
+"""Shared fixtures: one tiny synthetic dataset, prepared once per test session."""
+
+import os
+
+import jax
+import pytest
+
+from mer_jax.data import prepare, synthetic
+
+
+def pytest_configure(config):
+  """Reuse compiled XLA programs across the tests of a session."""
+  cache_dir = os.path.join(str(config.rootpath), '.pytest_cache', 'jax')
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+@pytest.fixture(scope='session')
+def prepared_tiny(tmp_path_factory) -> str:
+  """A 40-clip synthetic dataset prepared with 32x32 frames (the tiny config's image size)."""
+  root = tmp_path_factory.mktemp('tiny_dataset')
+  raw, data = str(root / 'raw'), str(root / 'data')
+  synthetic.write_dataset(raw, num_clips=40, seed=3)
+  prepare.prepare_dataset('mer2023', raw, data, num_frames=4, frame_size=32)
+  return data
