@@ -9,7 +9,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
-# Logical axis name -> mesh axis (or axes). Names missing here stay replicated.
+# Logical axis name -> mesh axis (or axes); None keeps that dimension whole. Every logical name
+# the model uses (mer_jax.models.layers.LOGICAL_AXES) needs a rule.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('batch', ('data', 'fsdp')),
     ('length', None),
@@ -21,9 +22,13 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('kv_heads', 'tensor'),
     ('head_dim', None),
     ('audio_embed', 'fsdp'),
-    ('audio_mlp', 'tensor'),
     ('vision_embed', 'fsdp'),
-    ('vision_mlp', 'tensor'),
+    ('fusion_embed', None),
+    ('conv_width', None),
+    ('conv_in', None),
+    ('patch', None),
+    ('positions', None),
+    ('queries', None),
 )
 
 
@@ -37,6 +42,17 @@ def rules_from_config(config: Any) -> tuple[tuple[str, Any], ...]:
       raise ValueError(f'sharding rule {rule!r}: expected (logical_name, mesh axis or axes) '
                        f'with mesh axes from {MESH_AXES}')
   return rules
+
+
+def check_rules_cover(specs: Any, rules: Any) -> None:
+  """Fails naming any logical axis in `specs` that the rules table lacks."""
+  covered = {name for name, _ in rules}
+  used = {name for spec in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+          for name in spec if name is not None}
+  missing = sorted(used - covered)
+  if missing:
+    raise ValueError(f'logical axes {missing} have no rule in the sharding rules table '
+                     f'(config.sharding_rules or DEFAULT_RULES); covered: {sorted(covered)}')
 
 
 def mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, ...]:

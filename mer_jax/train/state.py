@@ -32,10 +32,10 @@ def model_factory(config: Any, vocab_size: int) -> Callable[[], MERModel]:
 def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rules: Any) -> ModelParts:
   """Traces the model abstractly (nothing allocated) and derives parameter shardings."""
   factory = model_factory(config, vocab_size)
+  graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
+  specs = nnx.get_partition_spec(abstract_params).to_pure_dict()
+  sharding.check_rules_cover(specs, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    abstract = nnx.eval_shape(factory)
-    graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
-    specs = nnx.get_partition_spec(abstract_params).to_pure_dict()
     param_shardings = sharding.logical_to_shardings(specs, mesh, rules)
     rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
   return ModelParts(factory, graphdef, rest, param_shardings, abstract_params.to_pure_dict())

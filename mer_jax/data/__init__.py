@@ -1,0 +1,1 @@
+"""Data layer: raw dataset formats, media decoding, synthetic demo data, prepared records."""
