@@ -104,7 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.llm.tie_embeddings = False
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 600 if not tiny else 6
+  c.train.steps = 300 if not tiny else 6
   c.train.batch_size = 32 if not tiny else 4
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 50 if not tiny else 1
@@ -112,8 +112,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.grad_clip = 1.0
   c.train.valence_loss_weight = 1.0
   c.train.log_every = 50 if not tiny else 1
-  c.train.eval_every = 200 if not tiny else 3
-  c.train.checkpoint_every = 200 if not tiny else 3
+  c.train.eval_every = 100 if not tiny else 3
+  c.train.checkpoint_every = 100 if not tiny else 3
   c.train.keep_checkpoints = 3
 
   c.eval = ml_collections.ConfigDict()

@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from mer_jax import config_check
@@ -122,6 +122,8 @@ def run_evaluate() -> None:
 
 def main(argv: list[str]) -> None:
   """Dispatches to the command named by the first positional argument."""
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
   {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate}[argv[1]]()

@@ -33,12 +33,12 @@ def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rul
   """Traces the model abstractly (nothing allocated) and derives parameter shardings."""
   factory = model_factory(config, vocab_size)
   graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
-  specs = nnx.get_partition_spec(abstract_params).to_pure_dict()
+  specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
   sharding.check_rules_cover(specs, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     param_shardings = sharding.logical_to_shardings(specs, mesh, rules)
     rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
-  return ModelParts(factory, graphdef, rest, param_shardings, abstract_params.to_pure_dict())
+  return ModelParts(factory, graphdef, rest, param_shardings, nnx.to_pure_dict(abstract_params))
 
 
 def train_state_shardings(parts: ModelParts, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> dict:
@@ -56,7 +56,7 @@ def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardi
   """Creates the train state already sharded (jit with out_shardings), never on one device first."""
 
   def init() -> dict:
-    params = nnx.state(parts.factory(), nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(parts.factory(), nnx.Param))
     return {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
 
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
