@@ -85,6 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vision.heads = 4 if not tiny else 2
   c.model.vision.mlp = 256 if not tiny else 64
   c.model.vision.num_soft_tokens = 4
+  c.model.vision.act = 'quick_gelu'     # CLIP's activation
 
   c.model.fusion = ml_collections.ConfigDict()
   c.model.fusion.kind = 'projector'      # 'projector' | 'qformer'

@@ -1,0 +1,1 @@
+"""Model layer: encoders, fusion, decoder LLM and the full multimodal emotion model."""

@@ -1,0 +1,324 @@
+"""Shared NNX building blocks: dense, embedding, norms, rotary, attention, MLPs, blocks and scanned stacks."""
+
+from collections.abc import Callable, Sequence
+import functools
+
+import flax.linen as nn
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Logical axis names carried by every parameter (and used for activation constraints). The train
+# part maps each to a mesh axis (or None) with one rules table; every name here needs a rule. Some
+# kernels carry two widths ('audio_embed'/'vision_embed' -> 'fusion_embed' -> 'embed' in the
+# Q-Former projections), so those names must not share a mesh axis (e.g. 'fusion_embed' -> None).
+LOGICAL_AXES: dict[str, str] = {
+  'layers': 'stacked axis of scanned transformer layers',
+  'vocab': 'token vocabulary (embedding rows, LM head columns)',
+  'embed': 'LLM model width',
+  'mlp': 'hidden width of every MLP (LLM, encoders, fusion, valence head)',
+  'heads': 'query attention heads',
+  'kv_heads': 'key/value attention heads',
+  'head_dim': 'per-head width',
+  'audio_embed': 'audio encoder width',
+  'vision_embed': 'vision encoder width',
+  'fusion_embed': 'Q-Former width',
+  'conv_width': 'temporal window of a 1-D convolution kernel',
+  'conv_in': 'input channels of a convolution',
+  'patch': 'flattened image-patch pixels (patch * patch * 3)',
+  'positions': 'learned position table rows',
+  'queries': 'learned query tokens',
+  'batch': 'activation: examples',
+  'length': 'activation: sequence positions',
+}
+
+Names = tuple[str, ...]
+Initializer = Callable[..., jax.Array]
+
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+  'full': None,
+  'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+  'gelu': functools.partial(jax.nn.gelu, approximate=False),
+  'gelu_tanh': functools.partial(jax.nn.gelu, approximate=True),
+  'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
+  'silu': jax.nn.silu,
+}
+
+
+def partitioned(init: Initializer, names: Names) -> Initializer:
+  """Annotates `init` with logical axis `names`; placement comes from the creator's out_shardings.
+
+  Eager sharding stays off so that modules also build without a mesh (tests, tools, conversion).
+  """
+  return nnx.with_partitioning(init, names, eager_sharding=False)
+
+
+def constrain(x: jax.Array, names: Names) -> jax.Array:
+  """Constrains an activation to logical axis `names` (a no-op without a mesh and axis rules)."""
+  return nn.with_logical_constraint(x, names)
+
+
+def chunk_mean(x: jax.Array, num_chunks: int) -> jax.Array:
+  """Adaptive average pooling of [B, T, D] over axis 1 -> [B, num_chunks, D] (like AdaptiveAvgPool1d).
+
+  Chunk i spans [floor(i T / n), ceil((i + 1) T / n)): equal chunks when n divides T, and every
+  position is covered (some shared between neighbours) otherwise, including T < n.
+  """
+  length = x.shape[1]
+  weights = np.zeros((num_chunks, length), np.float32)
+  for i in range(num_chunks):
+    start = (i * length) // num_chunks
+    stop = -((-(i + 1) * length) // num_chunks)
+    weights[i, start:stop] = 1.0 / (stop - start)
+  return jnp.einsum('ct,btd->bcd', jnp.asarray(weights, x.dtype), x)
+
+
+class Dense(nnx.Module):
+  """Linear map contracting the trailing `in_shape` axes of x into `out_shape` axes."""
+
+  def __init__(self, in_shape: int | Sequence[int], out_shape: int | Sequence[int], names: Names, *,
+               use_bias: bool = True, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+    out_shape = (out_shape,) if isinstance(out_shape, int) else tuple(out_shape)
+    if len(names) != len(in_shape) + len(out_shape):
+      raise ValueError(f'{names=} does not match kernel shape {in_shape + out_shape}')
+    n_in = len(in_shape)
+    init = nnx.initializers.variance_scaling(
+      1.0, 'fan_in', 'truncated_normal', in_axis=tuple(range(n_in)),
+      out_axis=tuple(range(n_in, n_in + len(out_shape))))
+    self.kernel = nnx.Param(partitioned(init, names)(rngs.params(), in_shape + out_shape, param_dtype))
+    if use_bias:
+      zeros = partitioned(nnx.initializers.zeros_init(), names[n_in:])
+      self.bias = nnx.Param(zeros(rngs.params(), out_shape, param_dtype))
+    else:
+      self.bias = nnx.data(None)
+    self.num_in_axes = n_in
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the map to the trailing axes of x."""
+    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.num_in_axes)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class Embed(nnx.Module):
+  """Token embedding table ('vocab', 'embed'); `attend` gives tied-embedding logits."""
+
+  def __init__(self, num_embeddings: int, features: int, *, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    init = partitioned(nnx.initializers.normal(0.02), ('vocab', 'embed'))
+    self.embedding = nnx.Param(init(rngs.params(), (num_embeddings, features), param_dtype))
+    self.dtype = dtype
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    """Looks up int ids [...] -> [..., features]."""
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Scores x [..., features] against every embedding row -> [..., num_embeddings]."""
+    return jnp.einsum('...d,vd->...v', x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm with a learned scale (LLaMA); statistics in float32."""
+
+  def __init__(self, features: int, names: Names = ('embed',), *, eps: float = 1e-5,
+               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    init = partitioned(nnx.initializers.ones_init(), names)
+    self.scale = nnx.Param(init(rngs.params(), (features,), param_dtype))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Normalises the last axis."""
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+    return (x * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """Layer norm with learned scale and bias (Whisper, CLIP); statistics in float32."""
+
+  def __init__(self, features: int, names: Names, *, eps: float = 1e-5,
+               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.scale = nnx.Param(partitioned(nnx.initializers.ones_init(), names)(
+      rngs.params(), (features,), param_dtype))
+    self.bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), names)(
+      rngs.params(), (features,), param_dtype))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Normalises the last axis."""
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    x = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return (x * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def rotary_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """Returns (sin, cos) [B, L, 1, head_dim // 2] for int positions [B, L] (LLaMA rotary)."""
+  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+
+
+def apply_rotary(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+  """Rotates x [B, L, N, head_dim] by position (rotate-half convention, as in HF LLaMA/Qwen2)."""
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head self/cross attention with grouped KV heads via jax.nn.dot_product_attention."""
+
+  def __init__(self, features: int, num_heads: int, num_kv_heads: int | None = None, *,
+               embed_name: str = 'embed', bias: str = '', dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    """`bias` lists the projections that have a bias, any of 'qkvo' (Qwen2: 'qkv', Whisper: 'qvo')."""
+    num_kv_heads = num_kv_heads or num_heads
+    if features % num_heads or num_heads % num_kv_heads:
+      raise ValueError(f'need features % heads == 0 and heads % kv_heads == 0, got '
+                       f'{features=} {num_heads=} {num_kv_heads=}')
+    head_dim = features // num_heads
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q = Dense(features, (num_heads, head_dim), (embed_name, 'heads', 'head_dim'),
+                   use_bias='q' in bias, **common)
+    self.k = Dense(features, (num_kv_heads, head_dim), (embed_name, 'kv_heads', 'head_dim'),
+                   use_bias='k' in bias, **common)
+    self.v = Dense(features, (num_kv_heads, head_dim), (embed_name, 'kv_heads', 'head_dim'),
+                   use_bias='v' in bias, **common)
+    self.o = Dense((num_heads, head_dim), features, ('heads', 'head_dim', embed_name),
+                   use_bias='o' in bias, **common)
+
+  def __call__(self, x: jax.Array, memory: jax.Array | None = None, *,
+               rotary: tuple[jax.Array, jax.Array] | None = None, causal: bool = False) -> jax.Array:
+    """Attends from x [B, T, D] to memory [B, S, D] (x itself when None); rotary = (sin, cos)."""
+    source = x if memory is None else memory
+    q, k, v = self.q(x), self.k(source), self.v(source)
+    if rotary is not None:
+      q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+    return self.o(jax.nn.dot_product_attention(q, k, v, is_causal=causal))
+
+
+class SwiGLU(nnx.Module):
+  """LLaMA MLP: down(silu(gate(x)) * up(x)), no biases."""
+
+  def __init__(self, features: int, hidden: int, *, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    common = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate = Dense(features, hidden, ('embed', 'mlp'), **common)
+    self.up = Dense(features, hidden, ('embed', 'mlp'), **common)
+    self.down = Dense(hidden, features, ('mlp', 'embed'), **common)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the gated MLP."""
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class MLP(nnx.Module):
+  """Two-layer MLP with biases: fc2(act(fc1(x))); axes = (in, hidden, out) logical names."""
+
+  def __init__(self, features: int, hidden: int, out_features: int, axes: tuple[str, str, str], *,
+               act: str = 'gelu', dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = Dense(features, hidden, axes[:2], **common)
+    self.fc2 = Dense(hidden, out_features, axes[1:], **common)
+    self.act = act
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the MLP to the last axis."""
+    return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
+
+
+def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
+  """Splits a dropout key into `num` keys; None (no dropout) stays None."""
+  return [None] * num if key is None else list(jax.random.split(key, num))
+
+
+def dropout(module: nnx.Dropout, x: jax.Array, key: jax.Array | None) -> jax.Array:
+  """Applies `module` with `key`, or returns x unchanged when key is None."""
+  return module(x, deterministic=key is None, rngs=key)
+
+
+class DecoderBlock(nnx.Module):
+  """LLaMA-style pre-RMSNorm block: causal GQA attention with rotary, then SwiGLU."""
+
+  def __init__(self, features: int, num_heads: int, num_kv_heads: int, hidden: int, *,
+               norm_eps: float = 1e-5, qkv_bias: bool = False, dropout_rate: float = 0.0,
+               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attn_norm = RMSNorm(features, eps=norm_eps, **common)
+    self.attn = Attention(features, num_heads, num_kv_heads, bias='qkv' if qkv_bias else '', **common)
+    self.mlp_norm = RMSNorm(features, eps=norm_eps, **common)
+    self.mlp = SwiGLU(features, hidden, **common)
+    self.drop = nnx.Dropout(dropout_rate)
+
+  def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, *,
+               key: jax.Array | None = None) -> jax.Array:
+    """Applies the block to x [B, L, D] with rotary tables (sin, cos)."""
+    k1, k2 = split_key(key, 2)
+    x = x + dropout(self.drop, self.attn(self.attn_norm(x), rotary=(sin, cos), causal=True), k1)
+    x = x + dropout(self.drop, self.mlp(self.mlp_norm(x)), k2)
+    return constrain(x, ('batch', 'length', 'embed'))
+
+
+class EncoderBlock(nnx.Module):
+  """Pre-LayerNorm bidirectional transformer block (Whisper and CLIP encoders)."""
+
+  def __init__(self, features: int, num_heads: int, hidden: int, *, embed_name: str,
+               attn_bias: str = 'qkvo', act: str = 'gelu', norm_eps: float = 1e-5,
+               dropout_rate: float = 0.0, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attn_norm = LayerNorm(features, (embed_name,), eps=norm_eps, **common)
+    self.attn = Attention(features, num_heads, embed_name=embed_name, bias=attn_bias, **common)
+    self.mlp_norm = LayerNorm(features, (embed_name,), eps=norm_eps, **common)
+    self.mlp = MLP(features, hidden, features, (embed_name, 'mlp', embed_name), act=act, **common)
+    self.drop = nnx.Dropout(dropout_rate)
+
+  def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    """Applies the block to x [B, T, D]."""
+    k1, k2 = split_key(key, 2)
+    x = x + dropout(self.drop, self.attn(self.attn_norm(x)), k1)
+    return x + dropout(self.drop, self.mlp(self.mlp_norm(x)), k2)
+
+
+class Stack(nnx.Module):
+  """`num_layers` blocks with params stacked on a leading 'layers' axis, applied by nnx.scan."""
+
+  def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *,
+               remat: str = 'none', rngs: nnx.Rngs):
+    if remat != 'none' and remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat {remat!r}; choose from {['none', *REMAT_POLICIES]}")
+
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    def create(rngs: nnx.Rngs) -> nnx.Module:
+      return make_block(rngs)
+
+    self.blocks = create(rngs)
+    self.num_layers = num_layers
+    self.remat = remat
+
+  def __call__(self, x: jax.Array, *args: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Runs x through every block in order; `args` go unchanged to each block; dropout iff rngs."""
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), self.num_layers)
+
+    def step(x: jax.Array, block: nnx.Module, key: jax.Array | None, args: tuple) -> jax.Array:
+      return block(x, *args, key=key)
+
+    if self.remat != 'none':
+      step = nnx.remat(step, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+    scan = nnx.scan(step, in_axes=(nnx.Carry, 0, 0, None), out_axes=nnx.Carry,
+                    transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    return scan(x, self.blocks, keys, args)

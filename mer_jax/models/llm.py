@@ -1,0 +1,51 @@
+"""LLaMA/Qwen2-style decoder LLM: token embedding, scanned pre-RMSNorm blocks, final norm, LM head."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mer_jax.models import layers
+
+
+class LLM(nnx.Module):
+  """Decoder-only LM; `cfg` is config.model.llm (width, layers, heads, kv_heads, mlp, rope_theta, ...)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int, *, dtype: str = 'float32',
+               param_dtype: str = 'float32', dropout: float = 0.0, remat: str = 'none',
+               rngs: nnx.Rngs):
+    dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
+    common = dict(dtype=dtype, param_dtype=param_dtype)
+    self.embed = layers.Embed(vocab_size, cfg.width, **common, rngs=rngs)
+    self.layers = layers.Stack(
+      lambda r: layers.DecoderBlock(cfg.width, cfg.heads, cfg.kv_heads, cfg.mlp, norm_eps=cfg.norm_eps,
+                                    qkv_bias=cfg.qkv_bias, dropout_rate=dropout, **common, rngs=r),
+      cfg.layers, remat=remat, rngs=rngs)
+    self.norm = layers.RMSNorm(cfg.width, eps=cfg.norm_eps, **common, rngs=rngs)
+    if cfg.tie_embeddings:
+      self.lm_head = nnx.data(None)
+    else:
+      self.lm_head = layers.Dense(cfg.width, vocab_size, ('embed', 'vocab'), use_bias=False, **common,
+                                  rngs=rngs)
+    self.head_dim = cfg.width // cfg.heads
+    self.rope_theta = cfg.rope_theta
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    """Embeds int tokens [B, L] -> [B, L, width] in the compute dtype."""
+    return layers.constrain(self.embed(tokens), ('batch', 'length', 'embed'))
+
+  def forward(self, embeddings: jax.Array, *, positions: jax.Array | None = None,
+              rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
+    """Runs input embeddings [B, L, D] -> (logits float32 [B, L, vocab], final-normed hidden [B, L, D])."""
+    batch, length = embeddings.shape[:2]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    sin, cos = layers.rotary_tables(positions, self.head_dim, self.rope_theta)
+    x = self.layers(layers.constrain(embeddings, ('batch', 'length', 'embed')), sin, cos, rngs=rngs)
+    hidden = self.norm(x)
+    logits = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+    return layers.constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab')), hidden
+
+  def __call__(self, tokens: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Maps int tokens [B, L] -> logits float32 [B, L, vocab]."""
+    return self.forward(self.embed_tokens(tokens), rngs=rngs)[0]

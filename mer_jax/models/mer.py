@@ -1,0 +1,90 @@
+"""The multimodal emotion model: encoders -> fusion -> soft tokens spliced into the LLM -> LM and valence heads."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mer_jax.models import layers
+from mer_jax.models.audio import AudioEncoder
+from mer_jax.models.fusion import Projector, QFormer
+from mer_jax.models.llm import LLM
+from mer_jax.models.vision import VisionEncoder
+
+FUSION_KINDS = ('projector', 'qformer')
+
+
+def splice(embeddings: jax.Array, soft_tokens: jax.Array, positions: jax.Array) -> jax.Array:
+  """Overwrites embeddings [B, L, D] at int positions [B, S] with soft_tokens [B, S, D] (scatter)."""
+  rows = jnp.arange(embeddings.shape[0])[:, None]
+  return embeddings.at[rows, positions].set(soft_tokens.astype(embeddings.dtype))
+
+
+class ValenceHead(nnx.Module):
+  """Small MLP from an LLM hidden state [B, D] to a scalar valence [B]."""
+
+  def __init__(self, width: int, *, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = layers.Dense(width, width, ('embed', 'mlp'), **common)
+    self.fc2 = layers.Dense(width, (), ('mlp',), **common)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps x [B, D] -> float32 [B]."""
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False)).astype(jnp.float32)
+
+
+class MERModel(nnx.Module):
+  """Encoders for the enabled modalities, fusion, the LLM and a valence head; `cfg` is config.model."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int, *, rngs: nnx.Rngs):
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    common = dict(dtype=dtype, param_dtype=param_dtype)
+    stack = dict(dropout=cfg.dropout, remat=cfg.remat, **common)
+    self.audio = AudioEncoder(cfg.audio, **stack, rngs=rngs) if 'audio' in cfg.modalities else None
+    self.vision = VisionEncoder(cfg.vision, **stack, rngs=rngs) if 'video' in cfg.modalities else None
+    widths, num_soft = {}, 0
+    if self.audio is not None:
+      widths['audio'], num_soft = cfg.audio.width, num_soft + cfg.audio.num_soft_tokens
+    if self.vision is not None:
+      widths['video'], num_soft = cfg.vision.width, num_soft + cfg.vision.num_soft_tokens
+    if cfg.fusion.kind not in FUSION_KINDS:
+      raise ValueError(f'unknown fusion kind {cfg.fusion.kind!r}; choose from {FUSION_KINDS}')
+    self.fusion_kind = cfg.fusion.kind
+    if not widths:
+      self.fusion = None
+    elif cfg.fusion.kind == 'projector':
+      self.fusion = Projector(widths, cfg.llm.width, **common, rngs=rngs)
+    else:
+      self.fusion = QFormer(widths, num_soft, cfg.llm.width, cfg.llm.width,
+                            num_heads=cfg.fusion.qformer_heads, num_layers=cfg.fusion.qformer_layers,
+                            **stack, rngs=rngs)
+    self.num_soft_tokens = num_soft
+    self.llm = LLM(cfg.llm, vocab_size, **stack, rngs=rngs)
+    self.valence_head = ValenceHead(cfg.llm.width, **common, rngs=rngs)
+
+  def encode_soft_tokens(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Encodes the batch's audio/frames into LLM-width soft tokens [B, S, width] (audio span first)."""
+    features = {}
+    if self.audio is not None:
+      features['audio'] = self.audio(batch['audio'], rngs=rngs)
+    if self.vision is not None:
+      features['video'] = self.vision(batch['frames'], rngs=rngs)
+    if self.fusion_kind == 'projector':
+      pools = {'audio': self.audio, 'video': self.vision}
+      features = {m: pools[m].pool(x) for m, x in features.items()}
+    return self.fusion(features, rngs=rngs)
+
+  def __call__(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
+    """Returns (logits float32 [B, L, vocab], valence float32 [B]); dropout is active iff rngs is given."""
+    embeddings = self.llm.embed_tokens(batch['tokens'])
+    if self.fusion is not None:
+      positions = batch['soft_positions']
+      if positions.shape[1] != self.num_soft_tokens:
+        raise ValueError(f'soft_positions has {positions.shape[1]} slots, the model makes '
+                         f'{self.num_soft_tokens} soft tokens')
+      embeddings = splice(embeddings, self.encode_soft_tokens(batch, rngs=rngs), positions)
+    logits, hidden = self.llm.forward(embeddings, rngs=rngs)
+    last_prompt = (batch['answer_start'] - 1)[:, None, None]
+    pooled = jnp.take_along_axis(hidden, last_prompt, axis=1)[:, 0]
+    return logits, self.valence_head(pooled)
