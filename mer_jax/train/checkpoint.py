@@ -1,11 +1,19 @@
 """Orbax checkpoints of the train state and the Grain iterator position, with fallback past damaged steps."""
 
-import logging
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+
+def unused_path(path: str) -> str:
+  """`path`, or `path.1`, `path.2`, ... whichever does not exist yet."""
+  candidate, n = path, 0
+  while os.path.exists(candidate):
+    n += 1
+    candidate = f'{path}.{n}'
+  return candidate
 
 
 class Checkpointer:
@@ -35,13 +43,11 @@ class Checkpointer:
         return step, restored['state'], restored['data']
       except Exception as error:  # Orbax raises many types for unreadable files.
         damaged = os.path.join(self.directory, str(step))
-        aside = f'{damaged}.damaged'
-        logging.warning('checkpoint %s is damaged (%s: %s); set aside as %s, trying the previous one',
-                        damaged, type(error).__name__, error, aside)
-        print(f'WARNING: checkpoint {damaged} is damaged ({type(error).__name__}); '
-              f'moved to {aside}; resuming from an earlier checkpoint')
+        aside = unused_path(f'{damaged}.damaged')
+        print(f'WARNING: checkpoint {damaged} is damaged ({type(error).__name__}: {str(error).splitlines()[0][:200]}); '
+              f'moved to {aside}; trying the previous checkpoint', flush=True)
         if jax.process_index() == 0:
-          os.replace(damaged, aside)
+          os.rename(damaged, aside)
         self.manager.reload()
     return None
 

@@ -1,0 +1,54 @@
+"""The mer-jax command line: config errors at start-up, train then evaluate through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def mer_jax(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-c', 'from mer_jax.main import run; run()', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_unknown_config_key_is_refused_with_valid_keys(tmp_path):
+  result = mer_jax('train', '--config', 'configs/demo.py', '--config.train.stepz=3', '--workdir', str(tmp_path))
+  assert result.returncode != 0
+  assert "unknown config key 'train.stepz'" in result.stderr
+  assert 'steps' in result.stderr and 'learning_rate' in result.stderr
+  assert not os.path.exists(tmp_path / 'config.json')
+
+
+def test_unknown_config_option_is_refused(tmp_path):
+  result = mer_jax('train', '--config', 'configs/demo.py:modalitis=audio', '--workdir', str(tmp_path))
+  assert result.returncode != 0 and "unknown config options ['modalitis']" in result.stderr
+
+
+def test_unknown_command_is_refused():
+  result = mer_jax('fit')
+  assert result.returncode != 0 and 'usage: mer-jax {synth,prepare,train,evaluate}' in result.stderr
+
+
+def test_evaluate_without_a_run_says_so(tmp_path):
+  result = mer_jax('evaluate', '--workdir', str(tmp_path))
+  assert result.returncode != 0 and 'config.json not found' in result.stderr
+
+
+def test_train_then_evaluate(prepared_tiny, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train = mer_jax('train', '--config', 'configs/demo.py:variant=tiny,modalities=audio,text',
+                  f'--config.data.dir={prepared_tiny}', '--config.train.steps=2',
+                  '--config.train.eval_every=0', '--workdir', workdir)
+  assert train.returncode == 0, train.stderr
+  assert 'step 2/2' in train.stdout
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['modalities'] == ['audio', 'text']
+  evaluate = mer_jax('evaluate', '--workdir', workdir, '--split', 'test')
+  assert evaluate.returncode == 0, evaluate.stderr
+  assert 'checkpoint step 2' in evaluate.stdout and '| test |' in evaluate.stdout
+  with open(os.path.join(workdir, 'eval', 'report_test.json')) as f:
+    report = json.load(f)
+  assert report['count'] > 0 and 0.0 <= report['scored']['waf'] <= 1.0
