@@ -76,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.audio.mlp = 256 if not tiny else 64
   c.model.audio.max_frames = 1500        # Whisper's positional table size (30 s)
   c.model.audio.num_soft_tokens = 4
+  c.model.audio.init_from = ''           # a Hugging Face Whisper dir whose encoder initialises this one
 
   c.model.vision = ml_collections.ConfigDict()
   c.model.vision.image_size = 48 if not tiny else 32
@@ -86,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vision.mlp = 256 if not tiny else 64
   c.model.vision.num_soft_tokens = 4
   c.model.vision.act = 'quick_gelu'     # CLIP's activation
+  c.model.vision.init_from = ''          # a Hugging Face CLIP dir whose vision tower initialises this one
 
   c.model.fusion = ml_collections.ConfigDict()
   c.model.fusion.kind = 'projector'      # 'projector' | 'qformer'
@@ -98,15 +100,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.llm.layers = 2 if not tiny else 1
   c.model.llm.heads = 4 if not tiny else 2
   c.model.llm.kv_heads = 2 if not tiny else 1
+  c.model.llm.head_dim = 0               # 0 = width // heads
   c.model.llm.mlp = 384 if not tiny else 64
   c.model.llm.rope_theta = 10000.0
+  c.model.llm.rope_scaling = ml_collections.ConfigDict(dict(  # as HF rope_scaling; type 'none'|'linear'|'llama3'
+      type='none', factor=1.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192))
   c.model.llm.norm_eps = 1e-5
   c.model.llm.qkv_bias = False
   c.model.llm.tie_embeddings = False
+  c.model.llm.init_from = ''             # a Hugging Face LLaMA/Qwen2 dir (its architecture must match the above)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 300 if not tiny else 6
   c.train.batch_size = 32 if not tiny else 4
+  c.train.microbatches = 1               # gradient accumulation: batch_size / microbatches per pass
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 50 if not tiny else 1
   c.train.weight_decay = 0.01

@@ -1,6 +1,6 @@
-"""Everything a run builds from its config: dataset info, prompts, mesh, model parts, optimizer, state."""
+"""Everything a run builds from its config: mesh, model parts, optimizer, sharded state, step; plus its data."""
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import optax
@@ -8,25 +8,19 @@ import optax
 from mer_jax.data import pipeline
 from mer_jax.train import sharding, state as state_lib
 from mer_jax.train.optim import make_optimizer
-from mer_jax.train.step import make_forward
+from mer_jax.train.step import make_forward, make_train_step
 
 
-class Experiment:
-  """The pieces shared by training and evaluation of one config."""
+class ModelSetup:
+  """The mesh, the model's parts, the optimizer and the train state's shardings for one config."""
 
-  def __init__(self, config: Any, devices: list[jax.Device] | None = None):
+  def __init__(self, config: Any, vocab_size: int, devices: list[jax.Device] | None = None):
     self.config = config
-    self.info = pipeline.load_info(config.data.dir)
-    self.builder = pipeline.prompt_builder(config, self.info)
-    self.labels: list[str] = list(self.info['labels'])
-    self.vocab_size = config.model.llm.vocab_size or self.builder.tokenizer.vocab_size
-    if self.vocab_size < self.builder.tokenizer.vocab_size:
-      raise ValueError(f'config.model.llm.vocab_size={self.vocab_size} is smaller than the tokenizer '
-                       f'{self.builder.tokenizer.path} ({self.builder.tokenizer.vocab_size} ids)')
+    self.vocab_size = vocab_size
     self.mesh = sharding.build_mesh(config.mesh, devices)
     self.rules = sharding.rules_from_config(config)
     self.tx: optax.GradientTransformation = make_optimizer(config.train)
-    self.parts = state_lib.build_model_parts(config, self.vocab_size, self.mesh, self.rules)
+    self.parts = state_lib.build_model_parts(config, vocab_size, self.mesh, self.rules)
     self.state_shardings = state_lib.train_state_shardings(self.parts, self.tx, self.mesh)
     self.forward = jax.jit(make_forward(self.parts.graphdef, self.parts.rest))
 
@@ -38,9 +32,32 @@ class Experiment:
     """The train state's shapes and shardings, for restoring."""
     return state_lib.abstract_train_state(self.parts, self.tx, self.state_shardings)
 
+  def train_step(self) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """The step jitted with explicit state shardings and the state donated."""
+    train = self.config.train
+    step = make_train_step(self.parts.graphdef, self.parts.rest, self.tx, self.config.seed,
+                           train.valence_loss_weight, train.microbatches)
+    return jax.jit(step, in_shardings=(self.state_shardings, None),
+                   out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+
   def global_batch(self, batch: dict) -> dict[str, jax.Array]:
     """This host's batch as global arrays on the mesh."""
     return sharding.to_global_batch(batch, self.mesh, self.rules)
+
+
+class Experiment(ModelSetup):
+  """A model setup plus the prepared dataset, prompts and labels it trains and evaluates on."""
+
+  def __init__(self, config: Any, devices: list[jax.Device] | None = None):
+    self.info = pipeline.load_info(config.data.dir)
+    self.builder = pipeline.prompt_builder(config, self.info)
+    self.labels: list[str] = list(self.info['labels'])
+    tokenizer = self.builder.tokenizer
+    vocab_size = config.model.llm.vocab_size or tokenizer.vocab_size
+    if vocab_size < tokenizer.vocab_size:
+      raise ValueError(f'config.model.llm.vocab_size={vocab_size} is smaller than the tokenizer '
+                       f'{tokenizer.path} ({tokenizer.vocab_size} ids)')
+    super().__init__(config, vocab_size, devices)
 
   def host_batch_size(self, global_batch_size: int) -> int:
     """The part of a global batch this host feeds."""

@@ -1,4 +1,4 @@
-"""Loss and the jitted train/eval step functions over a functional train state."""
+"""Loss and the jitted train step over a functional train state, with gradient accumulation."""
 
 from typing import Any, Callable
 
@@ -19,32 +19,59 @@ def answer_token_log_probs(logits: jax.Array, tokens: jax.Array, loss_mask: jax.
   return jnp.sum(picked * mask, axis=-1), jnp.sum(mask, axis=-1)
 
 
-def compute_losses(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None,
-                   valence_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Answer-span next-token cross-entropy plus weighted valence MSE, and their parts."""
+def loss_sums(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None) -> dict[str, jax.Array]:
+  """Sums over the batch: answer-token negative log-likelihood, answer tokens, valence squared error."""
   logits, valence = model(batch, rngs=rngs)
   log_prob_sum, count = answer_token_log_probs(logits, batch['tokens'], batch['loss_mask'])
-  lm_loss = -jnp.sum(log_prob_sum) / jnp.maximum(jnp.sum(count), 1.0)
-  valence_loss = jnp.mean((valence - batch['valence']) ** 2)
-  loss = lm_loss + valence_weight * valence_loss
-  return loss, {'loss': loss, 'lm_loss': lm_loss, 'valence_mse': valence_loss}
+  return {'nll': -jnp.sum(log_prob_sum), 'tokens': jnp.sum(count),
+          'valence_sq_error': jnp.sum((valence - batch['valence']) ** 2)}
 
 
-def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation,
-                    seed: int, valence_weight: float) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """A pure train step: dropout keyed by (seed, step), so a resumed run repeats the same randomness."""
+def split_microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
+  """Reshapes every [B, ...] array to [count, B / count, ...]."""
+  size = batch['tokens'].shape[0]
+  if size % count:
+    raise ValueError(f'batch of {size} does not split into train.microbatches={count}')
+  return {k: v.reshape(count, size // count, *v.shape[1:]) for k, v in batch.items()}
+
+
+def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, seed: int,
+                    valence_weight: float, microbatches: int = 1) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """A pure train step: dropout keyed by (seed, step), so a resumed run repeats the same randomness.
+
+  With `microbatches` > 1 the gradient is accumulated by a `lax.scan` over equal slices of the
+  batch. Every slice's loss is normalised by the whole batch's answer-token and example counts, so
+  the summed gradient equals the one-big-batch gradient however the answer lengths are spread.
+  """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(jax.random.key(seed), state['step'])
+    total_tokens = jnp.maximum(jnp.sum(batch['loss_mask'][:, 1:]), 1.0)
+    total_examples = batch['tokens'].shape[0]
 
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, rest)
-      return compute_losses(model, batch, nnx.Rngs(dropout=key), valence_weight)
+    def slice_loss(params, micro, micro_key):
+      sums = loss_sums(nnx.merge(graphdef, params, rest), micro, nnx.Rngs(dropout=micro_key))
+      loss = sums['nll'] / total_tokens + valence_weight * sums['valence_sq_error'] / total_examples
+      return loss, sums
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state['params'])
+    grad_fn = jax.grad(slice_loss, has_aux=True)
+    if microbatches == 1:
+      grads, sums = grad_fn(state['params'], batch, key)
+    else:
+      def accumulate(carry, inputs):
+        index, micro = inputs
+        grads, sums = grad_fn(state['params'], micro, jax.random.fold_in(key, index))
+        return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, (state['params'], {'nll': 0.0, 'tokens': 0.0, 'valence_sq_error': 0.0}))
+      (grads, sums), _ = jax.lax.scan(
+          accumulate, zeros, (jnp.arange(microbatches), split_microbatches(batch, microbatches)))
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics['grad_norm'] = optax.tree.norm(grads)
+    lm_loss = sums['nll'] / total_tokens
+    valence_mse = sums['valence_sq_error'] / total_examples
+    metrics = {'loss': lm_loss + valence_weight * valence_mse, 'lm_loss': lm_loss, 'valence_mse': valence_mse,
+               'grad_norm': optax.tree.norm(grads)}
     return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
 
   return train_step

@@ -14,7 +14,6 @@ from mer_jax.eval.evaluate import evaluate
 from mer_jax.train.checkpoint import Checkpointer
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.optim import learning_rate_schedule
-from mer_jax.train.step import make_train_step
 
 
 @flax.struct.dataclass
@@ -75,13 +74,7 @@ def train(config: Any, workdir: str, stop_at: int | None = None) -> dict[str, An
   if start_step >= train_config.steps:
     print(f'{workdir} already holds step {start_step} >= train.steps={train_config.steps}; nothing to train')
 
-  step_fn = jax.jit(
-      make_train_step(experiment.parts.graphdef, experiment.parts.rest, experiment.tx, config.seed,
-                      train_config.valence_loss_weight),
-      in_shardings=(experiment.state_shardings, None),
-      out_shardings=(experiment.state_shardings, None),
-      donate_argnums=(0,),
-  )
+  step_fn = experiment.train_step()
   schedule = learning_rate_schedule(train_config)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
   progress = Progress(train_config.steps, train_config.batch_size, start_step)
