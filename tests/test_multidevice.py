@@ -1,0 +1,51 @@
+"""Sharded training on 8 fake CPU devices equals the 1-device run, and really splits the parameters."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def results() -> dict:
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'PYTHONPATH': ROOT}
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'multidevice_check.py')], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize('mesh', ['data=8', 'fsdp=8', 'tensor=8', '2x2x2'])
+def test_same_losses_and_params_as_one_device(results, mesh):
+  assert results[mesh]['max_loss_diff'] <= 1e-5, results[mesh]['losses']
+  assert results[mesh]['max_param_diff'] <= 1e-5
+
+
+def params(result: dict) -> dict:
+  return {k: v for k, v in result['tensors'].items() if k.startswith("['params']")}
+
+
+@pytest.mark.parametrize('mesh', ['fsdp=8', 'tensor=8', '2x2x2'])
+def test_large_parameters_are_split(results, mesh):
+  matrices = {k: v for k, v in params(results[mesh]).items() if v['ndim'] >= 2}
+  replicated = [k for k, v in matrices.items() if v['replicated']]
+  assert len(replicated) <= len(matrices) // 4, replicated
+  llm_matrices = [k for k in matrices if "['llm']" in k and "['layers']" in k]
+  assert llm_matrices and not [k for k in llm_matrices if matrices[k]['replicated']]
+
+
+def test_fsdp_holds_an_eighth_of_every_divisible_tensor(results):
+  tensors = results['fsdp=8']['tensors']
+  whole = [k for k, v in tensors.items() if v['ndim'] >= 2 and v['device_bytes'] * 8 != v['bytes']]
+  assert not whole, whole
+  total = sum(v['bytes'] for v in tensors.values())
+  per_device = sum(v['device_bytes'] for v in tensors.values())
+  assert per_device < total / 6
+
+
+def test_data_parallel_replicates_parameters(results):
+  assert all(v['replicated'] for v in params(results['data=8']).values())
