@@ -1,4 +1,4 @@
-"""Command-line entry: mer-jax {synth,prepare,train,evaluate} [flags]."""
+"""Command-line entry: mer-jax {synth,prepare,train,evaluate,bench} [flags]."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from ml_collections import ConfigDict, config_flags
 
 from mer_jax import config_check
 
-COMMANDS = ('synth', 'prepare', 'train', 'evaluate')
+COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench')
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/demo.py:modalities=audio.',
@@ -20,11 +20,17 @@ flags.DEFINE_string('raw', None, 'Raw dataset directory (prepare).')
 flags.DEFINE_string('format', 'mer2023', 'Raw dataset layout (prepare).')
 flags.DEFINE_integer('num_clips', 1000, 'Number of synthetic clips (synth).')
 flags.DEFINE_integer('seed', 0, 'Seed of the synthetic dataset (synth).')
-flags.DEFINE_integer('num_frames', 4, 'Frames sampled evenly from each clip (prepare).')
+flags.DEFINE_integer('num_frames', 4, 'Frames sampled evenly from each clip (prepare, bench).')
 flags.DEFINE_integer('frame_size', 48, 'Frame height and width after resizing (prepare).')
-flags.DEFINE_float('duration', 2.0, 'Seconds of audio kept per clip, trimmed or padded (prepare).')
+flags.DEFINE_float('duration', 2.0, 'Seconds of audio kept per clip, trimmed or padded (prepare, bench).')
 flags.DEFINE_string('tokenizer', None, "A pretrained LLM's tokenizer.json; default trains one on the data (prepare).")
 flags.DEFINE_string('split', 'test', 'Split to evaluate: a prepared split, or val (evaluate).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for a multi-process job '
+                    '(SLURM and TPU pods are detected without it).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes in the job (with --coordinator_address).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index (with --coordinator_address).')
+flags.DEFINE_enum('what', 'decode', ['decode'], 'What to benchmark (bench).')
+flags.DEFINE_integer('iterations', 10, 'Timed calls per measurement, after one compiling call (bench).')
 
 
 def require(command: str, *names: str) -> None:
@@ -93,9 +99,15 @@ def run_prepare() -> None:
 
 def run_train() -> None:
   """mer-jax train --config FILE --workdir DIR: trains, or resumes from the latest checkpoint."""
+  import jax
+
+  from mer_jax.train import distributed
   from mer_jax.train.trainer import train
   require('train', 'config', 'workdir')
-  save_config(FLAGS.config, FLAGS.workdir)
+  joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if jax.process_index() == 0:
+    print(f'{jax.process_count()} process(es) ({joined}), {jax.device_count()} devices')
+    save_config(FLAGS.config, FLAGS.workdir)
   train(FLAGS.config, FLAGS.workdir)
 
 
@@ -120,13 +132,29 @@ def run_evaluate() -> None:
   print(summary_table(report))
 
 
+def run_bench() -> None:
+  """mer-jax bench --what decode --config FILE: decode tokens/s and latency per clip, with and without KV cache."""
+  import jax
+  from mer_jax.eval import bench
+  require('bench', 'config')
+  config = FLAGS.config
+  llm = config.model.llm
+  print(f"{jax.devices()[0].device_kind}: LLM width {llm.width}, {llm.layers} layers, vocab "
+        f"{llm.vocab_size or bench.DEFAULT_VOCAB_SIZE}, {config.model.dtype} compute, random weights, "
+        f"synthetic clips of {FLAGS.duration} s audio and {FLAGS.num_frames} frames")
+  rows = bench.bench_decode(config, iterations=FLAGS.iterations, num_frames=FLAGS.num_frames,
+                            duration_s=FLAGS.duration)
+  print(bench.format_table(rows))
+
+
 def main(argv: list[str]) -> None:
   """Dispatches to the command named by the first positional argument."""
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
-  {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate}[argv[1]]()
+  {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate,
+   'bench': run_bench}[argv[1]]()
 
 
 

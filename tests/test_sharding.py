@@ -53,3 +53,8 @@ def test_global_batch_is_sharded_on_the_batch_axes():
   assert batch['x'].sharding.spec == PartitionSpec(('data', 'fsdp'))
   np.testing.assert_array_equal(np.asarray(batch['x']), np.arange(8).reshape(4, 2))
   assert jax.device_count() == mesh.size
+
+
+def test_single_host_reads_the_whole_batch():
+  mesh = sharding.build_mesh(mesh_config())
+  assert sharding.host_batch_shard(mesh, sharding.DEFAULT_RULES, 16) == (0, 1, 16)

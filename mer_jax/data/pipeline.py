@@ -95,13 +95,35 @@ class Featurizer:
     return example
 
 
+class HostRows(grain.MapDataset):
+  """This host's rows of every global batch of an endless example stream.
+
+  Host `shard` of `count` reads rows [shard * size, (shard + 1) * size) of each global batch of
+  `count * size` examples. The global order does not depend on the number of hosts, so a run
+  resumed on more or fewer hosts (same global batch) continues with exactly the same examples.
+  """
+
+  def __init__(self, parent: grain.MapDataset, shard: int, count: int, size: int):
+    super().__init__(parent)
+    self.shard, self.count, self.size = shard, count, size
+
+  def __len__(self) -> int:
+    return len(self._parent) // self.count
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    step, row = divmod(index, self.size)
+    return self._parent[step * self.count * self.size + self.shard * self.size + row]
+
+
 def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0,
                   shard_count: int = 1) -> grain.IterDataset:
-  """Endless shuffled batches of this host's shard of the training split (checkpointable)."""
+  """Endless batches of this host's `batch_size` rows of each seeded-shuffled global batch (checkpointable)."""
   source = open_split(config.data, info, config.data.train_split)
   featurizer = Featurizer(prompt_builder(config, info), tuple(config.model.modalities))
-  dataset = grain.MapDataset.source(source)[shard_index::shard_count]
-  dataset = dataset.shuffle(seed=config.data.shuffle_seed).repeat(None)
+  examples = grain.MapDataset.source(source).shuffle(seed=config.data.shuffle_seed).repeat(None)
+  dataset = HostRows(examples, shard_index, shard_count, batch_size)
   dataset = dataset.map(featurizer).batch(batch_size, drop_remainder=True)
   read_options = grain.ReadOptions(num_threads=config.data.worker_threads, prefetch_buffer_size=4)
   return dataset.to_iter_dataset(read_options)

@@ -105,8 +105,15 @@ class AudioEncoder(nnx.Module):
 
   def __call__(self, audio: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Encodes int16 audio [B, T] -> tokens [B, ceil(T // hop_length / 2), width]."""
-    x = self.log_mel(audio).astype(self.dtype)
-    x = jax.nn.gelu(self.conv1(x), approximate=False)
+    return self.encode(self.log_mel(audio), rngs=rngs)
+
+  def encode(self, features: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Encodes log-mel [B, F, n_mels] -> tokens [B, ceil(F / 2), width].
+
+    Whisper pads every clip to 30 s (F = 2 * max_frames); here a shorter clip takes the first
+    ceil(F / 2) positions of the table and attends only to its own frames.
+    """
+    x = jax.nn.gelu(self.conv1(features.astype(self.dtype)), approximate=False)
     x = jax.nn.gelu(self.conv2(x), approximate=False)
     if x.shape[1] > self.max_frames:
       raise ValueError(f'{x.shape[1]} audio frames exceed max_frames={self.max_frames}')

@@ -1,7 +1,9 @@
 """Shared NNX building blocks: dense, embedding, norms, rotary, attention, MLPs, blocks and scanned stacks."""
 
 from collections.abc import Callable, Sequence
+import dataclasses
 import functools
+from typing import NamedTuple
 
 import flax.linen as nn
 from flax import nnx
@@ -164,9 +166,44 @@ class LayerNorm(nnx.Module):
     return (x * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
 
 
-def rotary_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-  """Returns (sin, cos) [B, L, 1, head_dim // 2] for int positions [B, L] (LLaMA rotary)."""
+ROPE_SCALING_TYPES = ('none', 'linear', 'llama3')
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Rotary frequency scaling as HF rope types: 'none', 'linear' (all / factor), 'llama3' (by wavelength)."""
+
+  type: str = 'none'
+  factor: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+  def __post_init__(self) -> None:
+    if self.type not in ROPE_SCALING_TYPES:
+      raise ValueError(f'unknown rope scaling type {self.type!r}; choose from {ROPE_SCALING_TYPES}')
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling = RopeScaling()) -> np.ndarray:
+  """Rotary inverse frequencies float32 [head_dim // 2], scaled as HF's 'linear' and 'llama3' rope types."""
   inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  if scaling.type == 'linear':
+    inv_freq = inv_freq / scaling.factor
+  elif scaling.type == 'llama3':
+    context = scaling.original_max_position_embeddings
+    wavelen = 2 * np.pi / inv_freq
+    low, high = scaling.low_freq_factor, scaling.high_freq_factor
+    smooth = (context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    inv_freq = np.where(wavelen > context / low, inv_freq / scaling.factor,
+                        np.where(wavelen < context / high, inv_freq, smoothed))
+  return inv_freq.astype(np.float32)
+
+
+def rotary_tables(positions: jax.Array, head_dim: int, theta: float,
+                  scaling: RopeScaling = RopeScaling()) -> tuple[jax.Array, jax.Array]:
+  """Returns (sin, cos) [B, L, 1, head_dim // 2] for int positions [B, L] (LLaMA rotary)."""
+  inv_freq = rope_frequencies(head_dim, theta, scaling)
   angles = positions.astype(jnp.float32)[..., None] * inv_freq
   return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
 
@@ -181,14 +218,17 @@ class Attention(nnx.Module):
   """Multi-head self/cross attention with grouped KV heads via jax.nn.dot_product_attention."""
 
   def __init__(self, features: int, num_heads: int, num_kv_heads: int | None = None, *,
-               embed_name: str = 'embed', bias: str = '', dtype: jnp.dtype = jnp.float32,
-               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-    """`bias` lists the projections that have a bias, any of 'qkvo' (Qwen2: 'qkv', Whisper: 'qvo')."""
+               head_dim: int = 0, embed_name: str = 'embed', bias: str = '',
+               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    """`bias` lists the projections that have a bias, any of 'qkvo' (Qwen2: 'qkv', Whisper: 'qvo').
+
+    `head_dim` 0 means features // num_heads (which must then divide evenly).
+    """
     num_kv_heads = num_kv_heads or num_heads
-    if features % num_heads or num_heads % num_kv_heads:
-      raise ValueError(f'need features % heads == 0 and heads % kv_heads == 0, got '
-                       f'{features=} {num_heads=} {num_kv_heads=}')
-    head_dim = features // num_heads
+    if (not head_dim and features % num_heads) or num_heads % num_kv_heads:
+      raise ValueError(f'need features % heads == 0 (or an explicit head_dim) and heads % kv_heads == 0, '
+                       f'got {features=} {num_heads=} {num_kv_heads=}')
+    head_dim = head_dim or features // num_heads
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q = Dense(features, (num_heads, head_dim), (embed_name, 'heads', 'head_dim'),
                    use_bias='q' in bias, **common)
@@ -207,6 +247,26 @@ class Attention(nnx.Module):
     if rotary is not None:
       q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
     return self.o(jax.nn.dot_product_attention(q, k, v, is_causal=causal))
+
+  def extend(self, x: jax.Array, cache_k: jax.Array, cache_v: jax.Array, index: jax.Array, *,
+             rotary: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Causal self-attention of x [B, T, D] appended to a KV cache at per-example offsets index [B].
+
+    The keys and values of x are written at positions index[b] + t of cache_k/cache_v
+    [B, max_len, kv_heads, head_dim]; query t sees cached positions up to index[b] + t, so entries
+    beyond an example's length are never read. Returns (output [B, T, D], cache_k, cache_v).
+    """
+    q, k, v = self.q(x), self.k(x), self.v(x)
+    q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+    rows = jnp.arange(x.shape[0])[:, None]
+    at = index[:, None] + jnp.arange(x.shape[1])[None, :]
+    names = ('batch', 'length', 'kv_heads', 'head_dim')
+    cache_k = constrain(cache_k.at[rows, at].set(k.astype(cache_k.dtype), mode='drop'), names)
+    cache_v = constrain(cache_v.at[rows, at].set(v.astype(cache_v.dtype), mode='drop'), names)
+    visible = jnp.arange(cache_k.shape[1])[None, None, :] <= at[:, :, None]
+    out = jax.nn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
+                                       mask=visible[:, None])
+    return self.o(out), cache_k, cache_v
 
 
 class SwiGLU(nnx.Module):
@@ -254,11 +314,13 @@ class DecoderBlock(nnx.Module):
   """LLaMA-style pre-RMSNorm block: causal GQA attention with rotary, then SwiGLU."""
 
   def __init__(self, features: int, num_heads: int, num_kv_heads: int, hidden: int, *,
-               norm_eps: float = 1e-5, qkv_bias: bool = False, dropout_rate: float = 0.0,
-               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+               head_dim: int = 0, norm_eps: float = 1e-5, qkv_bias: bool = False,
+               dropout_rate: float = 0.0, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attn_norm = RMSNorm(features, eps=norm_eps, **common)
-    self.attn = Attention(features, num_heads, num_kv_heads, bias='qkv' if qkv_bias else '', **common)
+    self.attn = Attention(features, num_heads, num_kv_heads, head_dim=head_dim,
+                          bias='qkv' if qkv_bias else '', **common)
     self.mlp_norm = RMSNorm(features, eps=norm_eps, **common)
     self.mlp = SwiGLU(features, hidden, **common)
     self.drop = nnx.Dropout(dropout_rate)
@@ -270,6 +332,15 @@ class DecoderBlock(nnx.Module):
     x = x + dropout(self.drop, self.attn(self.attn_norm(x), rotary=(sin, cos), causal=True), k1)
     x = x + dropout(self.drop, self.mlp(self.mlp_norm(x)), k2)
     return constrain(x, ('batch', 'length', 'embed'))
+
+  def extend(self, x: jax.Array, cache_k: jax.Array, cache_v: jax.Array, index: jax.Array,
+             sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Applies the block to x [B, T, D] appended to this layer's KV cache at offsets index [B] (no dropout)."""
+    attended, cache_k, cache_v = self.attn.extend(self.attn_norm(x), cache_k, cache_v, index,
+                                                  rotary=(sin, cos))
+    x = x + attended
+    x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, ('batch', 'length', 'embed')), cache_k, cache_v
 
 
 class EncoderBlock(nnx.Module):
@@ -291,6 +362,27 @@ class EncoderBlock(nnx.Module):
     k1, k2 = split_key(key, 2)
     x = x + dropout(self.drop, self.attn(self.attn_norm(x)), k1)
     return x + dropout(self.drop, self.mlp(self.mlp_norm(x)), k2)
+
+
+class KVCache(NamedTuple):
+  """Keys and values of a scanned decoder, each [layers, B, max_len, kv_heads, head_dim], and lengths [B].
+
+  lengths[b] counts the positions of example b that hold valid entries; the next token of
+  example b is written at position lengths[b] (and takes that rotary position).
+  """
+
+  k: jax.Array
+  v: jax.Array
+  lengths: jax.Array
+
+  @classmethod
+  def zeros(cls, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int,
+            dtype: jnp.dtype) -> 'KVCache':
+    """An empty cache (every length 0)."""
+    shape = (num_layers, batch, max_len, kv_heads, head_dim)
+    names = ('layers', 'batch', 'length', 'kv_heads', 'head_dim')
+    empty = constrain(jnp.zeros(shape, dtype), names)
+    return cls(empty, empty, jnp.zeros([batch], jnp.int32))
 
 
 class Stack(nnx.Module):
@@ -322,3 +414,19 @@ class Stack(nnx.Module):
     scan = nnx.scan(step, in_axes=(nnx.Carry, 0, 0, None), out_axes=nnx.Carry,
                     transform_metadata={nnx.PARTITION_NAME: 'layers'})
     return scan(x, self.blocks, keys, args)
+
+  def extend(self, x: jax.Array, cache: KVCache, *args: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Runs x [B, T, D] through blocks that have `extend`, appending to the stacked cache at cache.lengths.
+
+    Returns the output and the cache with every layer's new keys/values and lengths + T.
+    """
+
+    def step(x: jax.Array, block: nnx.Module, cache_k: jax.Array, cache_v: jax.Array,
+             index: jax.Array, args: tuple) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+      x, cache_k, cache_v = block.extend(x, cache_k, cache_v, index, *args)
+      return x, (cache_k, cache_v)
+
+    scan = nnx.scan(step, in_axes=(nnx.Carry, 0, 0, 0, None, None), out_axes=(nnx.Carry, 0),
+                    transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    x, (cache_k, cache_v) = scan(x, self.blocks, cache.k, cache.v, cache.lengths, args)
+    return x, KVCache(cache_k, cache_v, cache.lengths + x.shape[1])

@@ -9,7 +9,7 @@ from mer_jax.models import layers
 
 
 class LLM(nnx.Module):
-  """Decoder-only LM; `cfg` is config.model.llm (width, layers, heads, kv_heads, mlp, rope_theta, ...)."""
+  """Decoder-only LM; `cfg` is config.model.llm (width, layers, heads, kv_heads, head_dim, mlp, rope...)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int, *, dtype: str = 'float32',
                param_dtype: str = 'float32', dropout: float = 0.0, remat: str = 'none',
@@ -18,8 +18,9 @@ class LLM(nnx.Module):
     common = dict(dtype=dtype, param_dtype=param_dtype)
     self.embed = layers.Embed(vocab_size, cfg.width, **common, rngs=rngs)
     self.layers = layers.Stack(
-      lambda r: layers.DecoderBlock(cfg.width, cfg.heads, cfg.kv_heads, cfg.mlp, norm_eps=cfg.norm_eps,
-                                    qkv_bias=cfg.qkv_bias, dropout_rate=dropout, **common, rngs=r),
+      lambda r: layers.DecoderBlock(cfg.width, cfg.heads, cfg.kv_heads, cfg.mlp, head_dim=cfg.head_dim,
+                                    norm_eps=cfg.norm_eps, qkv_bias=cfg.qkv_bias, dropout_rate=dropout,
+                                    **common, rngs=r),
       cfg.layers, remat=remat, rngs=rngs)
     self.norm = layers.RMSNorm(cfg.width, eps=cfg.norm_eps, **common, rngs=rngs)
     if cfg.tie_embeddings:
@@ -27,8 +28,10 @@ class LLM(nnx.Module):
     else:
       self.lm_head = layers.Dense(cfg.width, vocab_size, ('embed', 'vocab'), use_bias=False, **common,
                                   rngs=rngs)
-    self.head_dim = cfg.width // cfg.heads
+    self.head_dim = cfg.head_dim or cfg.width // cfg.heads
+    self.kv_heads = cfg.kv_heads
     self.rope_theta = cfg.rope_theta
+    self.rope_scaling = layers.RopeScaling(**cfg.rope_scaling)
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     """Embeds int tokens [B, L] -> [B, L, width] in the compute dtype."""
@@ -40,11 +43,35 @@ class LLM(nnx.Module):
     batch, length = embeddings.shape[:2]
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    sin, cos = layers.rotary_tables(positions, self.head_dim, self.rope_theta)
+    sin, cos = self.rotary(positions)
     x = self.layers(layers.constrain(embeddings, ('batch', 'length', 'embed')), sin, cos, rngs=rngs)
     hidden = self.norm(x)
+    return self.logits(hidden), hidden
+
+  def rotary(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Rotary (sin, cos) tables for int positions [B, L]."""
+    return layers.rotary_tables(positions, self.head_dim, self.rope_theta, self.rope_scaling)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """LM head: final-normed hidden [B, L, D] -> logits float32 [B, L, vocab]."""
     logits = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
-    return layers.constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab')), hidden
+    return layers.constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+
+  def init_cache(self, batch: int, max_len: int) -> layers.KVCache:
+    """An empty KV cache for `batch` sequences of up to `max_len` positions, in the compute dtype."""
+    return layers.KVCache.zeros(self.layers.num_layers, batch, max_len, self.kv_heads, self.head_dim,
+                                self.embed.dtype)
+
+  def extend(self, embeddings: jax.Array, cache: layers.KVCache) -> tuple[jax.Array, layers.KVCache]:
+    """Appends embeddings [B, T, D] after each example's cached positions (no dropout).
+
+    Example b's tokens take positions cache.lengths[b] + t. Returns (final-normed hidden [B, T, D],
+    the cache with lengths + T); `logits` maps the hidden states that are needed.
+    """
+    positions = cache.lengths[:, None] + jnp.arange(embeddings.shape[1], dtype=jnp.int32)[None, :]
+    sin, cos = self.rotary(positions)
+    x, cache = self.layers.extend(layers.constrain(embeddings, ('batch', 'length', 'embed')), cache, sin, cos)
+    return self.norm(x), cache
 
   def __call__(self, tokens: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Maps int tokens [B, L] -> logits float32 [B, L, vocab]."""

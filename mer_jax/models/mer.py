@@ -75,8 +75,8 @@ class MERModel(nnx.Module):
       features = {m: pools[m].pool(x) for m, x in features.items()}
     return self.fusion(features, rngs=rngs)
 
-  def __call__(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
-    """Returns (logits float32 [B, L, vocab], valence float32 [B]); dropout is active iff rngs is given."""
+  def embed_inputs(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Token embeddings [B, L, width] with the soft tokens spliced in at batch['soft_positions']."""
     embeddings = self.llm.embed_tokens(batch['tokens'])
     if self.fusion is not None:
       positions = batch['soft_positions']
@@ -84,7 +84,24 @@ class MERModel(nnx.Module):
         raise ValueError(f'soft_positions has {positions.shape[1]} slots, the model makes '
                          f'{self.num_soft_tokens} soft tokens')
       embeddings = splice(embeddings, self.encode_soft_tokens(batch, rngs=rngs), positions)
-    logits, hidden = self.llm.forward(embeddings, rngs=rngs)
+    return embeddings
+
+  def __call__(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
+    """Returns (logits float32 [B, L, vocab], valence float32 [B]); dropout is active iff rngs is given."""
+    logits, hidden = self.llm.forward(self.embed_inputs(batch, rngs=rngs), rngs=rngs)
     last_prompt = (batch['answer_start'] - 1)[:, None, None]
     pooled = jnp.take_along_axis(hidden, last_prompt, axis=1)[:, 0]
     return logits, self.valence_head(pooled)
+
+  def prefill(self, batch: dict, max_len: int) -> tuple[jax.Array, jax.Array, layers.KVCache]:
+    """Runs every prompt (soft tokens spliced in) through the LLM in one pass into a fresh KV cache.
+
+    Prompts are right-padded: example b's prompt ends before batch['answer_start'][b]; what follows
+    is never read. Returns (logits float32 [B, vocab] for the first answer token, valence float32 [B],
+    a cache of `max_len` positions whose lengths are answer_start).
+    """
+    embeddings = self.embed_inputs(batch)
+    hidden, cache = self.llm.extend(embeddings, self.llm.init_cache(embeddings.shape[0], max_len))
+    start = batch['answer_start'].astype(jnp.int32)
+    last = hidden[jnp.arange(hidden.shape[0]), start - 1]
+    return self.llm.logits(last[:, None])[:, 0], self.valence_head(last), cache._replace(lengths=start)

@@ -60,12 +60,16 @@ class VisionEncoder(nnx.Module):
   def __call__(self, frames: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Encodes uint8 frames [B, N, H, W, 3] -> per-frame class-token features [B, N, width]."""
     batch, num_frames = frames.shape[:2]
-    x = self.preprocess(frames.reshape(batch * num_frames, *frames.shape[2:])).astype(self.dtype)
-    x = self.patch_embed(patchify(x, self.patch_size))
+    x = self.preprocess(frames.reshape(batch * num_frames, *frames.shape[2:]))
+    return self.encode(x, rngs=rngs).reshape(batch, num_frames, -1)
+
+  def encode(self, pixels: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Encodes normalised pixels [M, image_size, image_size, 3] -> post-normed class tokens [M, width]."""
+    x = self.patch_embed(patchify(pixels.astype(self.dtype), self.patch_size))
     cls = jnp.broadcast_to(self.class_embed[...].astype(self.dtype), (x.shape[0], 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1) + self.positions[...].astype(self.dtype)
     x = self.layers(self.pre_norm(x), rngs=rngs)
-    return self.post_norm(x[:, 0]).reshape(batch, num_frames, -1)
+    return self.post_norm(x[:, 0])
 
   def pool(self, tokens: jax.Array) -> jax.Array:
     """Mean-pools frame tokens [B, N, D] over equal chunks of frames -> [B, num_soft_tokens, D]."""

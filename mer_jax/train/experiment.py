@@ -59,8 +59,6 @@ class Experiment(ModelSetup):
                        f'{tokenizer.path} ({tokenizer.vocab_size} ids)')
     super().__init__(config, vocab_size, devices)
 
-  def host_batch_size(self, global_batch_size: int) -> int:
-    """The part of a global batch this host feeds."""
-    if global_batch_size % jax.process_count():
-      raise ValueError(f'batch size {global_batch_size} does not divide over {jax.process_count()} hosts')
-    return global_batch_size // jax.process_count()
+  def host_shard(self, global_batch_size: int) -> tuple[int, int, int]:
+    """(data shard index, shard count, examples per host) for this host's place on the mesh."""
+    return sharding.host_batch_shard(self.mesh, self.rules, global_batch_size)

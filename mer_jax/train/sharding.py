@@ -89,6 +89,23 @@ def batch_sharding(mesh: jax.sharding.Mesh, rules: Any) -> NamedSharding:
   return nn.logical_to_mesh_sharding(PartitionSpec('batch'), mesh, rules)
 
 
+def host_batch_shard(mesh: jax.sharding.Mesh, rules: Any, global_batch_size: int) -> tuple[int, int, int]:
+  """(shard index, shard count, examples per host) of this host's slice of a global batch.
+
+  The slice follows this host's devices' coordinates along the mesh's batch axes, so hosts that
+  hold the same batch slice (tensor parallelism across hosts) read the same examples.
+  """
+  indices = batch_sharding(mesh, rules).addressable_devices_indices_map((global_batch_size,))
+  starts = [index[0].start or 0 for index in indices.values()]
+  stops = [global_batch_size if index[0].stop is None else index[0].stop for index in indices.values()]
+  start, stop = min(starts), max(stops)
+  size = stop - start
+  if global_batch_size % size or start % size:
+    raise ValueError(f'this host\'s devices hold batch rows {start}:{stop} of {global_batch_size}, '
+                     'not one equal contiguous slice; order the mesh so each host owns whole batch slices')
+  return start // size, global_batch_size // size, size
+
+
 def to_global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, rules: Any) -> dict[str, jax.Array]:
   """Turns this host's part of a batch into global arrays sharded along the batch axes."""
   sharding = batch_sharding(mesh, rules)

@@ -9,8 +9,12 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from mer_jax.interop import hf
 from mer_jax.models.mer import MERModel
 from mer_jax.train import sharding
+
+# Parts of the model that config.model.<name>.init_from can initialise from a Hugging Face checkpoint.
+PRETRAINED = ('llm', 'audio', 'vision')
 
 
 @dataclasses.dataclass
@@ -22,6 +26,7 @@ class ModelParts:
   rest: Any
   param_shardings: Any
   abstract_params: Any
+  pretrained: dict[str, str]
 
 
 def model_factory(config: Any, vocab_size: int) -> Callable[[], MERModel]:
@@ -30,15 +35,25 @@ def model_factory(config: Any, vocab_size: int) -> Callable[[], MERModel]:
 
 
 def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rules: Any) -> ModelParts:
-  """Traces the model abstractly (nothing allocated) and derives parameter shardings."""
+  """Traces the model abstractly (nothing allocated) and derives parameter shardings.
+
+  Each set config.model.<name>.init_from (name in PRETRAINED) is checked against the config here.
+  """
+  pretrained = {name: config.model[name].init_from for name in PRETRAINED if config.model[name].init_from}
+  for name, hf_dir in pretrained.items():
+    hf.check_config(name, hf_dir, config.model[name])
   factory = model_factory(config, vocab_size)
   graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
   specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+  absent = [name for name in pretrained if name not in specs]
+  if absent:
+    raise ValueError(f'config.model.{absent[0]}.init_from is set but the model has no {absent[0]} '
+                     f'(config.model.modalities={config.model.modalities})')
   sharding.check_rules_cover(specs, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     param_shardings = sharding.logical_to_shardings(specs, mesh, rules)
     rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
-  return ModelParts(factory, graphdef, rest, param_shardings, nnx.to_pure_dict(abstract_params))
+  return ModelParts(factory, graphdef, rest, param_shardings, nnx.to_pure_dict(abstract_params), pretrained)
 
 
 def train_state_shardings(parts: ModelParts, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> dict:
@@ -53,14 +68,22 @@ def train_state_shardings(parts: ModelParts, tx: optax.GradientTransformation, m
 
 def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardings: dict,
                      mesh: jax.sharding.Mesh, rules: Any) -> dict:
-  """Creates the train state already sharded (jit with out_shardings), never on one device first."""
+  """Creates the train state already sharded (jit with out_shardings), never on one device first.
+
+  Parts with a pretrained checkpoint then have their fresh params replaced, one parameter at a
+  time, by the checkpoint's, placed with the same shardings.
+  """
 
   def init() -> dict:
     params = nnx.to_pure_dict(nnx.state(parts.factory(), nnx.Param))
     return {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
 
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    return jax.jit(init, out_shardings=shardings)()
+    state = jax.jit(init, out_shardings=shardings)()
+  for name, hf_dir in parts.pretrained.items():
+    state['params'][name] = hf.load_component(name, hf_dir, parts.abstract_params[name],
+                                              shardings['params'][name])
+  return state
 
 
 def abstract_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardings: dict) -> Any:

@@ -60,8 +60,9 @@ def train(config: Any, workdir: str, stop_at: int | None = None) -> dict[str, An
   experiment = Experiment(config)
   is_chief = jax.process_index() == 0
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), train_config.keep_checkpoints)
-  dataset = pipeline.train_dataset(config, experiment.info, experiment.host_batch_size(train_config.batch_size),
-                                   shard_index=jax.process_index(), shard_count=jax.process_count())
+  shard_index, shard_count, host_batch = experiment.host_shard(train_config.batch_size)
+  dataset = pipeline.train_dataset(config, experiment.info, host_batch, shard_index=shard_index,
+                                   shard_count=shard_count)
   iterator = iter(dataset)
 
   restored = checkpointer.restore_latest(experiment.abstract_state())
@@ -80,6 +81,10 @@ def train(config: Any, workdir: str, stop_at: int | None = None) -> dict[str, An
   progress = Progress(train_config.steps, train_config.batch_size, start_step)
   running: TrainMetrics | None = None
   val_report: dict[str, Any] = {}
+  evaluate_during_training = bool(train_config.eval_every) and config.data.val_fraction > 0
+  if evaluate_during_training and jax.process_count() > 1:
+    print('periodic validation runs in single-process jobs only; evaluate checkpoints with `mer-jax evaluate`')
+    evaluate_during_training = False
   last_step = train_config.steps if stop_at is None else min(stop_at, train_config.steps)
   for step in range(start_step + 1, last_step + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -101,8 +106,7 @@ def train(config: Any, workdir: str, stop_at: int | None = None) -> dict[str, An
               f"ETA {format_duration(rates['eta_sec'])}", flush=True)
     if step % train_config.checkpoint_every == 0 or step == last_step:
       checkpointer.save(step, state, iterator.get_state())
-    if train_config.eval_every and (step % train_config.eval_every == 0 or step == train_config.steps) \
-        and config.data.val_fraction > 0:
+    if evaluate_during_training and (step % train_config.eval_every == 0 or step == train_config.steps):
       val_report = evaluate(experiment, state['params'], 'val', progress=False)
       writer.write_scalars(step, validation_scalars(val_report))
       if is_chief:
