@@ -5,11 +5,13 @@ Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/test_multidev
 
 import json
 import sys
+import tempfile
 
 import jax
 import numpy as np
 
 from configs import demo
+from mer_jax.train.checkpoint import Checkpointer
 from mer_jax.train.experiment import ModelSetup
 from mer_jax.train.random_batch import random_batch
 
@@ -61,6 +63,27 @@ def sharding_summary(state: dict) -> dict:
   return summary
 
 
+def restore_elsewhere(state: dict) -> dict:
+  """Saves `state` and restores it on 1 device and on fsdp=8; the largest difference for each."""
+  differences = {}
+  with tempfile.TemporaryDirectory() as directory:
+    saver = Checkpointer(directory, keep=1)
+    saver.save(3, state, {'next_index': 3})
+    saver.close()
+    for name, mesh in {'1 device': (1, 1, 1), 'fsdp=8': (1, 8, 1)}.items():
+      setup = ModelSetup(divisible_config(mesh), VOCAB, jax.devices()[:int(np.prod(mesh))])
+      loader = Checkpointer(directory, keep=1)
+      step, restored, data_state = loader.restore_latest(setup.abstract_state())
+      loader.close()
+      fsdp_sharded = all(not leaf.sharding.is_fully_replicated
+                         for leaf in jax.tree.leaves(restored['params']) if leaf.ndim >= 2) if mesh[1] > 1 else None
+      differences[name] = {
+          'step': step, 'data_state': data_state, 'fsdp_sharded': fsdp_sharded,
+          'max_diff': max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                          for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(jax.device_get(state))))}
+  return differences
+
+
 def main() -> None:
   """Prints {mesh: {losses, max_param_diff, loss_diff, tensors}} against the 1-device run."""
   assert jax.device_count() == 8, 'needs XLA_FLAGS=--xla_force_host_platform_device_count=8'
@@ -72,6 +95,8 @@ def main() -> None:
     results[name] = {'losses': losses, 'max_param_diff': max(diffs),
                      'max_loss_diff': max(abs(a - b) for a, b in zip(losses, reference_losses)),
                      'tensors': sharding_summary(state)}
+    if name == '2x2x2':
+      results['restored from 2x2x2'] = restore_elsewhere(state)
   json.dump(results, sys.stdout)
 
 

@@ -49,3 +49,12 @@ def test_fsdp_holds_an_eighth_of_every_divisible_tensor(results):
 
 def test_data_parallel_replicates_parameters(results):
   assert all(v['replicated'] for v in params(results['data=8']).values())
+
+
+@pytest.mark.parametrize('target', ['1 device', 'fsdp=8'])
+def test_checkpoint_from_2x2x2_restores_on_another_mesh(results, target):
+  restored = results['restored from 2x2x2'][target]
+  assert restored['step'] == 3 and restored['data_state'] == {'next_index': 3}
+  assert restored['max_diff'] == 0.0
+  if target == 'fsdp=8':
+    assert restored['fsdp_sharded']

@@ -1,4 +1,4 @@
-"""Evaluation of a trained run on a split: label scoring, greedy generation, valence, and the report."""
+"""Evaluation of a trained run on a split: label scoring, cached greedy generation, valence, and the report."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import tqdm
 
 from mer_jax.data import pipeline
 from mer_jax.eval import metrics, report as report_lib
-from mer_jax.eval.generate import greedy_answers
+from mer_jax.eval.generate import jit_generate
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.step import answer_token_log_probs
 
@@ -43,9 +43,9 @@ class Predictor:
       return total / count, valence
 
     self.score = jax.jit(score)
-    max_new = experiment.config.eval.max_new_tokens
-    pad_id = experiment.builder.tokenizer.pad_id
-    self.generate = jax.jit(lambda params, batch: greedy_answers(forward, params, batch, max_new, pad_id))
+    tokenizer = experiment.builder.tokenizer
+    self.generate = jit_generate(experiment.parts.graphdef, max_new_tokens=experiment.config.eval.max_new_tokens,
+                                 stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
 
   def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Label scores [B, C] (mean answer log-likelihood), valence [B], generated tokens [B, T]."""
@@ -56,7 +56,7 @@ class Predictor:
       candidate = exp.global_batch(with_answer(batch, answer, pad_id))
       score, valence = self.score(self.params, candidate)
       scores.append(np.asarray(score))
-    generated = self.generate(self.params, exp.global_batch(batch))
+    generated = self.generate((self.params, exp.parts.rest), exp.global_batch(batch))['tokens']
     return {'scores': np.stack(scores, axis=1), 'valence': np.asarray(valence),
             'generated': np.asarray(generated)}
 
@@ -82,11 +82,14 @@ def predict_split(predictor: Predictor, split: str, progress: bool = True) -> di
 
 
 def classification_report(true: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
-  """Accuracy, WAF, per-class scores, invalid count and the confusion matrix for one prediction kind."""
+  """ACC (= WAR), WAF, macro F1, UAR, per-class scores, invalid count and confusion matrix of one prediction kind."""
   per_class = metrics.per_class_scores(true, pred, len(labels))
   return {
       'accuracy': metrics.accuracy(true, pred),
       'waf': metrics.weighted_f1(true, pred, len(labels)),
+      'macro_f1': metrics.macro_f1(true, pred, len(labels)),
+      'uar': metrics.uar(true, pred, len(labels)),
+      'war': metrics.war(true, pred),
       'invalid': int(np.sum(pred == metrics.INVALID)),
       'per_class': {label: {k: float(v[i]) for k, v in per_class.items()} for i, label in enumerate(labels)},
       'confusion': metrics.confusion_matrix(true, pred, len(labels)).tolist(),
@@ -95,15 +98,23 @@ def classification_report(true: np.ndarray, pred: np.ndarray, labels: list[str])
 
 def build_report(predictions: dict[str, np.ndarray], labels: list[str], train_valence_mean: float,
                  split: str) -> dict[str, Any]:
-  """The evaluation report: scored (headline) and generated classification, and valence MSE."""
+  """The evaluation report: scored (headline) and generated classification, valence MSE and CCC.
+
+  Each classification also carries the MER2023 combined score, its WAF - 0.25 * valence MSE.
+  """
+  valence_mse = metrics.mse(predictions['valence_true'], predictions['valence_pred'])
+  kinds = {kind: classification_report(predictions['true'], predictions[kind], labels)
+           for kind in ('scored', 'generated')}
+  for report in kinds.values():
+    report['mer2023_score'] = metrics.mer2023_score(report['waf'], valence_mse)
   return {
       'split': split,
       'count': int(len(predictions['true'])),
       'labels': labels,
-      'scored': classification_report(predictions['true'], predictions['scored'], labels),
-      'generated': classification_report(predictions['true'], predictions['generated'], labels),
+      **kinds,
       'valence': {
-          'mse': metrics.mse(predictions['valence_true'], predictions['valence_pred']),
+          'mse': valence_mse,
+          'ccc': metrics.ccc(predictions['valence_true'], predictions['valence_pred']),
           'mean_predictor_mse': metrics.mse(predictions['valence_true'],
                                             np.full(len(predictions['valence_true']), train_valence_mean)),
           'train_mean': train_valence_mean,

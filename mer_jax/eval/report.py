@@ -10,15 +10,16 @@ import numpy as np  # noqa: E402
 
 
 def summary_table(report: dict[str, Any]) -> str:
-  """The headline numbers as a markdown table."""
-  scored, generated, valence = report['scored'], report['generated'], report['valence']
-  rows = [
-      '| split | n | ACC (scored) | WAF (scored) | ACC (generated) | WAF (generated) | invalid | valence MSE | mean-predictor MSE |',
-      '|---|---|---|---|---|---|---|---|---|',
-      f"| {report['split']} | {report['count']} | {scored['accuracy']:.4f} | {scored['waf']:.4f} | "
-      f"{generated['accuracy']:.4f} | {generated['waf']:.4f} | {generated['invalid']} | "
-      f"{valence['mse']:.4f} | {valence['mean_predictor_mse']:.4f} |",
-  ]
+  """The headline numbers as markdown tables: one row per prediction kind, then valence."""
+  valence = report['valence']
+  rows = ['| split | n | predictions | ACC (= WAR) | WAF | macro F1 | UAR | invalid | MER2023 score |',
+          '|---|---|---|---|---|---|---|---|---|']
+  for kind in ('scored', 'generated'):
+    r = report[kind]
+    rows.append(f"| {report['split']} | {report['count']} | {kind} | {r['accuracy']:.4f} | {r['waf']:.4f} | "
+                f"{r['macro_f1']:.4f} | {r['uar']:.4f} | {r['invalid']} | {r['mer2023_score']:.4f} |")
+  rows += ['', '| valence MSE | valence CCC | mean-predictor MSE |', '|---|---|---|',
+           f"| {valence['mse']:.4f} | {valence['ccc']:.4f} | {valence['mean_predictor_mse']:.4f} |"]
   return '\n'.join(rows)
 
 
@@ -26,7 +27,8 @@ def write_markdown(report: dict[str, Any], path: str) -> None:
   """Writes the summary table and per-class scores (scored predictions) as markdown."""
   lines = [f"# Evaluation on split `{report['split']}`", '', summary_table(report), '',
            'Scored: each label ranked by length-normalised answer log-likelihood (headline). '
-           'Generated: greedy decoding; an answer that is no known label is invalid and counts as wrong.',
+           'Generated: greedy decoding; an answer that is no known label is invalid and counts as wrong. '
+           'MER2023 score: WAF - 0.25 x valence MSE.',
            '', '| label | precision | recall | F1 | support |', '|---|---|---|---|---|']
   for label, scores in report['scored']['per_class'].items():
     lines.append(f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | "
