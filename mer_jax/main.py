@@ -1,4 +1,4 @@
-"""Command-line entry: mer-jax {synth,prepare,train,evaluate,bench} [flags]."""
+"""Command-line entry: mer-jax {synth,prepare,train,evaluate,bench,predict} [flags]."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from ml_collections import ConfigDict, config_flags
 
 from mer_jax import config_check
 
-COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench')
+COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench', 'describe', 'predict')
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/demo.py:modalities=audio.',
@@ -31,6 +31,10 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes in the job (wit
 flags.DEFINE_integer('process_id', None, 'This process\'s index (with --coordinator_address).')
 flags.DEFINE_enum('what', 'decode', ['decode'], 'What to benchmark (bench).')
 flags.DEFINE_integer('iterations', 10, 'Timed calls per measurement, after one compiling call (bench).')
+flags.DEFINE_bool('json', False, 'Print one JSON document instead of a table (predict).')
+flags.DEFINE_string('transcript', None, 'Transcript given to every clip\'s prompt (predict).')
+flags.DEFINE_string('transcripts', None, 'CSV with name,sentence columns; name is the clip file name without '
+                    'extension (predict).')
 
 
 def require(command: str, *names: str) -> None:
@@ -147,14 +151,54 @@ def run_bench() -> None:
   print(bench.format_table(rows))
 
 
+def run_describe() -> None:
+  """mer-jax describe --config FILE: parameter counts and per-device memory on the configured mesh."""
+  from mer_jax.data.pipeline import tokenizer_path
+  from mer_jax.data.text import TextTokenizer
+  from mer_jax.train.describe import describe, format_report
+  require('describe', 'config')
+  config = FLAGS.config
+  vocab_size = config.model.llm.vocab_size or TextTokenizer(tokenizer_path(config.data)).vocab_size
+  print(format_report(describe(config, vocab_size)))
+
+
+def run_predict(clips: list[str]) -> None:
+  """mer-jax predict CLIP.mp4 [...] --workdir DIR [--json]: scored label, answer and valence per clip."""
+  from mer_jax.eval import predict
+  require('predict', 'workdir')
+  if not clips:
+    raise app.UsageError('usage: mer-jax predict CLIP.mp4 [CLIP2.mp4 ...] --workdir DIR [--json] '
+                         '[--transcript TEXT | --transcripts FILE.csv]')
+  if FLAGS.transcript is not None and FLAGS.transcripts is not None:
+    raise app.UsageError('mer-jax predict takes --transcript or --transcripts, not both')
+  config = load_run_config(FLAGS.workdir)
+  try:
+    transcripts = predict.read_transcripts(FLAGS.transcripts) if FLAGS.transcripts else {}
+  except (OSError, ValueError) as error:
+    raise app.UsageError(f'--transcripts: {error}') from error
+  sentences = predict.clip_sentences(clips, FLAGS.transcript, transcripts)
+  try:
+    results, step = predict.predict_files(config, FLAGS.workdir, clips, sentences)
+  except FileNotFoundError as error:
+    raise app.UsageError(str(error)) from error
+  if FLAGS.json:
+    print(predict.format_json(results))
+  else:
+    if step is not None:
+      print(f'checkpoint step {step}')
+    print(predict.format_table(results))
+  if step is None:
+    sys.exit('error: no clip could be predicted')
+
+
 def main(argv: list[str]) -> None:
   """Dispatches to the command named by the first positional argument."""
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  if len(argv) != 2 or argv[1] not in COMMANDS:
+  if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) != 2 and argv[1] != 'predict'):
     raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
-  {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate,
-   'bench': run_bench}[argv[1]]()
+  {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
+   'bench': run_bench, 'predict': lambda: run_predict(argv[2:])}[argv[1]]()
 
 
 

@@ -43,16 +43,18 @@ def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rul
   for name, hf_dir in pretrained.items():
     hf.check_config(name, hf_dir, config.model[name])
   factory = model_factory(config, vocab_size)
-  graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
+  graphdef, abstract_params, abstract_rest = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
   specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
   absent = [name for name in pretrained if name not in specs]
   if absent:
     raise ValueError(f'config.model.{absent[0]}.init_from is set but the model has no {absent[0]} '
                      f'(config.model.modalities={config.model.modalities})')
   sharding.check_rules_cover(specs, rules)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    param_shardings = sharding.logical_to_shardings(specs, mesh, rules)
-    rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
+  param_shardings = sharding.logical_to_shardings(specs, mesh, rules)
+  rest = abstract_rest
+  if jax.tree.leaves(abstract_rest):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+      rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
   return ModelParts(factory, graphdef, rest, param_shardings, nnx.to_pure_dict(abstract_params), pretrained)
 
 
