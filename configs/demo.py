@@ -1,9 +1,12 @@
 """Demo config: a tiny multimodal emotion LLM trained from the synthetic MER2023-layout dataset on CPU.
 
 Usage: --config configs/demo.py[:modalities=audio,video,text] --config.train.steps=200
+Sweep: get_hyper(h) below, run by `mer-jax sweep`.
 """
 
 import ml_collections
+
+from mer_jax.sweep import Hyper, Point
 
 ALL_MODALITIES = ('audio', 'video', 'text')
 
@@ -132,5 +135,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.data = -1                       # -1: all remaining devices
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.dcn_data = 1                    # degrees across slices / nodes (hybrid mesh when > 1)
+  c.mesh.dcn_fsdp = 1
+  c.mesh.dcn_tensor = 1
   c.sharding_rules = ()                  # () = the default table in mer_jax/train/sharding.py
   return c
+
+
+def get_hyper(h: Hyper) -> list[Point]:
+  """A learning-rate x fusion sweep: `mer-jax sweep --config configs/demo.py --workdir runs/sweep`."""
+  return h.product([
+      h.sweep('config.train.learning_rate', [1e-3, 3e-3]),
+      h.sweep('config.model.fusion.kind', ['projector', 'qformer']),
+  ])

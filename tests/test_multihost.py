@@ -1,5 +1,7 @@
 """Two local processes x 2 fake devices (jax.distributed, gloo) train exactly like one process x 4 devices.
 
+The two-process run uses a hybrid mesh: data parallel 2 inside each process x 2 across them (DCN).
+
 The learning rate is small for the same reason as in multidevice_check.py: Adam scales
 reduction-order noise in near-zero gradients by the rate.
 """
@@ -37,7 +39,8 @@ def runs(prepared_tiny, tmp_path_factory):
   root = tmp_path_factory.mktemp('multihost')
   base_env = {**os.environ, 'PYTHONPATH': ROOT}
   two = subprocess.run(
-      ['bash', os.path.join(ROOT, 'launch', 'local.sh'), '2', *train_flags(prepared_tiny, str(root / 'two'))],
+      ['bash', os.path.join(ROOT, 'launch', 'local.sh'), '2', *train_flags(prepared_tiny, str(root / 'two')),
+       '--config.mesh.dcn_data=2'],
       env={**base_env, 'MER_JAX': MER_JAX, 'DEVICES_PER_PROCESS': '2', 'PORT': '12417'},
       cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert two.returncode == 0, two.stderr[-3000:]

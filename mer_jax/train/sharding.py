@@ -5,6 +5,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -71,12 +72,33 @@ def mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, ...]:
   return tuple(degrees)
 
 
+def dcn_shape(mesh_config: Any) -> tuple[int, ...]:
+  """Per-axis degrees across slices or nodes (config.mesh.dcn_<axis>, default 1)."""
+  return tuple(int(mesh_config.get(f'dcn_{axis}', 1)) for axis in MESH_AXES)
+
+
 def build_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A (data, fsdp, tensor) mesh with Auto axis types over `devices` (default: all)."""
+  """A (data, fsdp, tensor) mesh with Auto axis types over `devices` (default: all).
+
+  With DCN degrees above 1 the mesh is hybrid: config.mesh.<axis> is the degree inside a slice
+  (or node) and dcn_<axis> the degree across them, so each axis spans both. Slices come from
+  the devices' slice_index (TPU multislice) when they number as
+  many as the DCN degrees, else each process counts as one (GPU nodes, local processes).
+  """
   devices = list(devices if devices is not None else jax.devices())
-  shape = mesh_shape(mesh_config, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  across = dcn_shape(mesh_config)
+  if all(d == 1 for d in across):
+    shape = mesh_shape(mesh_config, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  granules = int(np.prod(across))
+  if len(devices) % granules:
+    raise ValueError(f'DCN degrees {dict(zip(MESH_AXES, across))} do not divide {len(devices)} devices')
+  inside = mesh_shape(mesh_config, len(devices) // granules)
+  slices = {getattr(d, 'slice_index', None) for d in devices}
+  device_array = mesh_utils.create_hybrid_device_mesh(inside, across, devices,
+                                                      process_is_granule=len(slices) != granules)
+  return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=axis_types)
 
 
 def logical_to_shardings(specs: Any, mesh: jax.sharding.Mesh, rules: Any) -> Any:
