@@ -90,3 +90,18 @@ def test_eval_batches_pad_the_last_batch(config, info):
   batches = list(pipeline.eval_batches(config, info, 'test', batch_size=3))
   assert [valid for _, valid in batches] == [3] * (count // 3) + ([count % 3] if count % 3 else [])
   assert all(batch['tokens'].shape[0] == 3 for batch, _ in batches)
+
+
+def test_position_carries_over_to_a_different_host_count(config, info):
+  one_host = iter(pipeline.train_dataset(config, info, batch_size=4))
+  for _ in range(3):
+    next(one_host)
+  state = one_host.get_state()
+  expected = [next(one_host)['valence'] for _ in range(2)]
+  hosts = []
+  for shard in range(2):
+    host = iter(pipeline.train_dataset(config, info, batch_size=2, shard_index=shard, shard_count=2))
+    host.set_state(state)
+    hosts.append(host)
+  for batch in expected:
+    np.testing.assert_array_equal(np.concatenate([next(h)['valence'] for h in hosts]), batch)
