@@ -1,7 +1,7 @@
 """Shared pieces of the 7B-class configs: encoder shapes of released checkpoints and pod/GPU meshes."""
 
-import importlib.util
 import os
+import runpy
 
 import ml_collections
 
@@ -14,10 +14,7 @@ MESHES = {
 
 def demo_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo config (configs/demo.py), the base every config overrides."""
-  spec = importlib.util.spec_from_file_location('mer_jax_demo_config', os.path.join(os.path.dirname(__file__), 'demo.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return runpy.run_path(os.path.join(os.path.dirname(__file__), 'demo.py'))['get_config'](arg)
 
 
 def large_config(mesh: str) -> ml_collections.ConfigDict:
@@ -50,3 +47,12 @@ def mesh_option(arg: str | None, default: str) -> str:
   if unknown:
     raise ValueError(f'unknown config options {sorted(unknown)}; valid: mesh')
   return options.get('mesh', default)
+
+
+def backbone_config(arg: str | None, fusion_kind: str, llm: dict) -> ml_collections.ConfigDict:
+  """large_config for the mesh named in `arg` (default 8xh100) with this fusion and LLM shape."""
+  c = large_config(mesh_option(arg, '8xh100'))
+  c.model.fusion.kind = fusion_kind
+  c.model.llm.update(llm)
+  return c
+
