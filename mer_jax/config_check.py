@@ -1,6 +1,7 @@
 """Clear start-up errors for config overrides that name keys the config does not have."""
 
 import importlib.util
+from types import ModuleType
 from typing import Any, Sequence
 
 from ml_collections import ConfigDict
@@ -16,15 +17,20 @@ def config_argument(argv: Sequence[str]) -> str | None:
   return None
 
 
-def load_config_file(spec: str) -> ConfigDict:
-  """Calls get_config(arg) of the file named by 'path.py[:arg]'."""
-  path, _, arg = spec.partition(':')
+def load_module(path: str) -> ModuleType:
+  """Executes the config file at `path` and returns it as a module."""
   module_spec = importlib.util.spec_from_file_location('mer_jax_user_config', path)
   if module_spec is None or module_spec.loader is None:
     raise ValueError(f'cannot load config file {path}')
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module
+
+
+def load_config_file(spec: str) -> ConfigDict:
+  """Calls get_config(arg) of the file named by 'path.py[:arg]'."""
+  path, _, arg = spec.partition(':')
+  return load_module(path).get_config(arg or None)
 
 
 def unknown_override_keys(config: ConfigDict, argv: Sequence[str]) -> list[str]:

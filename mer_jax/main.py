@@ -1,4 +1,4 @@
-"""Command-line entry: mer-jax {synth,prepare,train,evaluate,bench,predict} [flags]."""
+"""Command-line entry: mer-jax {synth,prepare,train,evaluate,predict,bench,describe,sweep} [flags]."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from ml_collections import ConfigDict, config_flags
 
 from mer_jax import config_check
 
-COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench', 'describe', 'predict')
+COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep')
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/demo.py:modalities=audio.',
@@ -35,6 +35,7 @@ flags.DEFINE_bool('json', False, 'Print one JSON document instead of a table (pr
 flags.DEFINE_string('transcript', None, 'Transcript given to every clip\'s prompt (predict).')
 flags.DEFINE_string('transcripts', None, 'CSV with name,sentence columns; name is the clip file name without '
                     'extension (predict).')
+flags.DEFINE_bool('print', False, 'Print one `mer-jax train` command per point instead of running them (sweep).')
 
 
 def require(command: str, *names: str) -> None:
@@ -191,6 +192,32 @@ def run_predict(clips: list[str]) -> None:
     sys.exit('error: no clip could be predicted')
 
 
+def run_sweep() -> None:
+  """mer-jax sweep --config FILE --workdir DIR [--print]: runs get_hyper's points in turn, then tabulates them."""
+  from mer_jax import sweep
+  require('sweep', 'config', 'workdir')
+  spec = FLAGS['config'].config_filename
+  try:
+    points = sweep.load_points(spec)
+  except (OSError, ValueError) as error:
+    raise app.UsageError(str(error)) from error
+  problems = sweep.problems(FLAGS.config, points)
+  if problems:
+    sys.exit('error: ' + '\nerror: '.join(problems))
+  if FLAGS.print:
+    print('\n'.join(sweep.launch_commands(spec, FLAGS['config'].override_values, FLAGS.workdir, points)))
+    return
+  from mer_jax.train.trainer import train
+
+  def run_point(config: ConfigDict, workdir: str) -> dict:
+    save_config(config, workdir)
+    return train(config, workdir)
+
+  rows = sweep.run_points(FLAGS.config, points, FLAGS.workdir, run_point)
+  print(sweep.write_results(rows, FLAGS.workdir))
+  print(f'sweep table and plot in {FLAGS.workdir}/sweep.{{csv,md,png}}')
+
+
 def main(argv: list[str]) -> None:
   """Dispatches to the command named by the first positional argument."""
   if not FLAGS['verbosity'].present:
@@ -198,7 +225,7 @@ def main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) != 2 and argv[1] != 'predict'):
     raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
   {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
-   'bench': run_bench, 'predict': lambda: run_predict(argv[2:])}[argv[1]]()
+   'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'sweep': run_sweep}[argv[1]]()
 
 
 

@@ -29,7 +29,8 @@ def test_unknown_config_option_is_refused(tmp_path):
 
 def test_unknown_command_is_refused():
   result = mer_jax('fit')
-  assert result.returncode != 0 and 'usage: mer-jax {synth,prepare,train,evaluate,bench}' in result.stderr
+  assert result.returncode != 0 and 'usage: mer-jax {synth,prepare,train,evaluate,bench,' in result.stderr
+  assert 'predict' in result.stderr
 
 
 def test_evaluate_without_a_run_says_so(tmp_path):

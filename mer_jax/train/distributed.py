@@ -1,17 +1,20 @@
 """Joins the processes of a multi-host job: explicit coordinator flags, SLURM, or a TPU pod."""
 
+import importlib.util
 import os
 
 import jax
 
 
 def detect_cluster(environ: dict[str, str] | None = None) -> str | None:
-  """'slurm' or 'tpu' when the environment shows a multi-process job jax can join by itself."""
+  """'slurm' or 'tpu' when the environment shows a job jax can join by itself (a TPU VM always)."""
   env = os.environ if environ is None else environ
   if int(env.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_JOB_ID' in env:
     return 'slurm'
   if ',' in env.get('TPU_WORKER_HOSTNAMES', '') or 'MEGASCALE_COORDINATOR_ADDRESS' in env:
     return 'tpu'
+  if importlib.util.find_spec('libtpu') is not None and environ is None:
+    return 'tpu'  # a TPU VM: jax finds the pod's workers through the metadata server
   return None
 
 
