@@ -76,7 +76,8 @@ def restore_elsewhere(state: dict) -> dict:
       step, restored, data_state = loader.restore_latest(setup.abstract_state())
       loader.close()
       fsdp_sharded = all(not leaf.sharding.is_fully_replicated
-                         for leaf in jax.tree.leaves(restored['params']) if leaf.ndim >= 2) if mesh[1] > 1 else None
+                         for path, leaf in jax.tree_util.tree_leaves_with_path(restored['params'])
+                         if leaf.ndim >= 2 and path[-1].key not in ('bias', 'scale')) if mesh[1] > 1 else None
       differences[name] = {
           'step': step, 'data_state': data_state, 'fsdp_sharded': fsdp_sharded,
           'max_diff': max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
