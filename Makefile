@@ -33,7 +33,7 @@ ablations: $(STAMP) $(DEMO)/data/dataset_info.json
 	done
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -12,7 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def results() -> dict:
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'PYTHONPATH': ROOT}
+  xla_flags = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+  env = {**os.environ, 'XLA_FLAGS': xla_flags, 'PYTHONPATH': ROOT}
   out = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'multidevice_check.py')], env=env,
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
