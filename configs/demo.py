@@ -113,6 +113,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.llm.tie_embeddings = False
   c.model.llm.init_from = ''             # a Hugging Face LLaMA/Qwen2 dir (its architecture must match the above)
 
+  # LoRA adapters on the LLM's projections (q k v o gate up down); rank 0 = off. With adapters on and
+  # 'llm' left out of train.trainable, only the adapters of the LLM train (its base weights stay frozen).
+  # Emotion-LLaMA: rank=64, targets=('q', 'v'); AffectGPT: rank=16 on all seven projections.
+  c.model.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets=('q', 'v')))
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 300 if not tiny else 6
   c.train.batch_size = 32 if not tiny else 4
@@ -122,6 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.01
   c.train.grad_clip = 1.0
   c.train.valence_loss_weight = 1.0
+  c.train.trainable = ('audio', 'vision', 'fusion', 'llm', 'valence_head')  # the parameter groups that train
   c.train.log_every = 50 if not tiny else 1
   c.train.eval_every = 100 if not tiny else 3
   c.train.checkpoint_every = 100 if not tiny else 3

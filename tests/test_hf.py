@@ -344,8 +344,8 @@ def test_init_from_replaces_params_keeping_shardings(llm_dirs, whisper_dir, clip
     config.model[name].init_from = path
   mesh = sharding.build_mesh(config.mesh)
   rules = sharding.rules_from_config(config)
-  tx = make_optimizer(config.train)
   parts = state_lib.build_model_parts(config, VOCAB, mesh, rules)
+  tx = make_optimizer(config.train, parts.abstract_params)
   shardings = state_lib.train_state_shardings(parts, tx, mesh)
   state = state_lib.init_train_state(parts, tx, shardings, mesh, rules)
   expected = {'llm': hf.load_llm(llm_dirs['qwen2_tied'][0]), 'audio': hf.load_whisper_encoder(whisper_dir[0]),

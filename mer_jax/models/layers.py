@@ -3,13 +3,15 @@
 from collections.abc import Callable, Sequence
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mer_jax.models import lora
 
 # Logical axis names carried by every parameter (and used for activation constraints). The train
 # part maps each to a mesh axis (or None) with one rules table; every name here needs a rule. Some
@@ -31,6 +33,7 @@ LOGICAL_AXES: dict[str, str] = {
   'patch': 'flattened image-patch pixels (patch * patch * 3)',
   'positions': 'learned position table rows',
   'queries': 'learned query tokens',
+  'lora_rank': 'rank of a LoRA adapter',
   'batch': 'activation: examples',
   'length': 'activation: sequence positions',
 }
@@ -99,14 +102,17 @@ class Dense(nnx.Module):
       self.bias = nnx.Param(zeros(rngs.params(), out_shape, param_dtype))
     else:
       self.bias = nnx.data(None)
+    self.lora = nnx.data(None)
     self.num_in_axes = n_in
     self.dtype = dtype
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Applies the map to the trailing axes of x."""
+  def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    """Applies the map to the trailing axes of x, plus its LoRA update if one is attached (key: its dropout)."""
     y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.num_in_axes)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
+    if self.lora is not None:
+      y = y + self.lora(x, key)
     return y
 
 
@@ -240,13 +246,18 @@ class Attention(nnx.Module):
                    use_bias='o' in bias, **common)
 
   def __call__(self, x: jax.Array, memory: jax.Array | None = None, *,
-               rotary: tuple[jax.Array, jax.Array] | None = None, causal: bool = False) -> jax.Array:
-    """Attends from x [B, T, D] to memory [B, S, D] (x itself when None); rotary = (sin, cos)."""
+               rotary: tuple[jax.Array, jax.Array] | None = None, causal: bool = False,
+               key: jax.Array | None = None) -> jax.Array:
+    """Attends from x [B, T, D] to memory [B, S, D] (x itself when None); rotary = (sin, cos).
+
+    `key` drives dropout inside LoRA adapters on the projections, if any.
+    """
     source = x if memory is None else memory
-    q, k, v = self.q(x), self.k(source), self.v(source)
+    kq, kk, kv, ko = split_key(key, 4)
+    q, k, v = self.q(x, kq), self.k(source, kk), self.v(source, kv)
     if rotary is not None:
       q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-    return self.o(jax.nn.dot_product_attention(q, k, v, is_causal=causal))
+    return self.o(jax.nn.dot_product_attention(q, k, v, is_causal=causal), ko)
 
   def extend(self, x: jax.Array, cache_k: jax.Array, cache_v: jax.Array, index: jax.Array, *,
              rotary: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -279,9 +290,10 @@ class SwiGLU(nnx.Module):
     self.up = Dense(features, hidden, ('embed', 'mlp'), **common)
     self.down = Dense(hidden, features, ('mlp', 'embed'), **common)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Applies the gated MLP."""
-    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+  def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    """Applies the gated MLP; `key` drives dropout inside LoRA adapters on the projections, if any."""
+    kg, ku, kd = split_key(key, 3)
+    return self.down(jax.nn.silu(self.gate(x, kg)) * self.up(x, ku), kd)
 
 
 class MLP(nnx.Module):
@@ -315,8 +327,9 @@ class DecoderBlock(nnx.Module):
 
   def __init__(self, features: int, num_heads: int, num_kv_heads: int, hidden: int, *,
                head_dim: int = 0, norm_eps: float = 1e-5, qkv_bias: bool = False,
-               dropout_rate: float = 0.0, dtype: jnp.dtype = jnp.float32,
+               dropout_rate: float = 0.0, lora_config: Any = None, dtype: jnp.dtype = jnp.float32,
                param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    """`lora_config` (config.model.lora) with rank > 0 attaches LoRA adapters to its target projections."""
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attn_norm = RMSNorm(features, eps=norm_eps, **common)
     self.attn = Attention(features, num_heads, num_kv_heads, head_dim=head_dim,
@@ -324,13 +337,16 @@ class DecoderBlock(nnx.Module):
     self.mlp_norm = RMSNorm(features, eps=norm_eps, **common)
     self.mlp = SwiGLU(features, hidden, **common)
     self.drop = nnx.Dropout(dropout_rate)
+    if lora_config is not None and lora_config.rank > 0:
+      lora.add_adapters(self, lora_config, **common)
 
   def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, *,
                key: jax.Array | None = None) -> jax.Array:
     """Applies the block to x [B, L, D] with rotary tables (sin, cos)."""
     k1, k2 = split_key(key, 2)
-    x = x + dropout(self.drop, self.attn(self.attn_norm(x), rotary=(sin, cos), causal=True), k1)
-    x = x + dropout(self.drop, self.mlp(self.mlp_norm(x)), k2)
+    lora_attn, lora_mlp = split_key(None if key is None else jax.random.fold_in(key, 1), 2)
+    x = x + dropout(self.drop, self.attn(self.attn_norm(x), rotary=(sin, cos), causal=True, key=lora_attn), k1)
+    x = x + dropout(self.drop, self.mlp(self.mlp_norm(x), lora_mlp), k2)
     return constrain(x, ('batch', 'length', 'embed'))
 
   def extend(self, x: jax.Array, cache_k: jax.Array, cache_v: jax.Array, index: jax.Array,

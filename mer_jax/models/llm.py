@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mer_jax.models import layers
+from mer_jax.models import layers, lora
 
 
 class LLM(nnx.Module):
@@ -13,14 +13,17 @@ class LLM(nnx.Module):
 
   def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int, *, dtype: str = 'float32',
                param_dtype: str = 'float32', dropout: float = 0.0, remat: str = 'none',
-               rngs: nnx.Rngs):
+               lora_config: ml_collections.ConfigDict | None = None, rngs: nnx.Rngs):
+    """`lora_config` is config.model.lora: adapters on each block's target projections when its rank > 0."""
+    if lora_config is not None:
+      lora.check_config(lora_config)
     dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
     common = dict(dtype=dtype, param_dtype=param_dtype)
     self.embed = layers.Embed(vocab_size, cfg.width, **common, rngs=rngs)
     self.layers = layers.Stack(
       lambda r: layers.DecoderBlock(cfg.width, cfg.heads, cfg.kv_heads, cfg.mlp, head_dim=cfg.head_dim,
                                     norm_eps=cfg.norm_eps, qkv_bias=cfg.qkv_bias, dropout_rate=dropout,
-                                    **common, rngs=r),
+                                    lora_config=lora_config, **common, rngs=r),
       cfg.layers, remat=remat, rngs=rngs)
     self.norm = layers.RMSNorm(cfg.width, eps=cfg.norm_eps, **common, rngs=rngs)
     if cfg.tie_embeddings:

@@ -60,7 +60,7 @@ class MERModel(nnx.Module):
                             num_heads=cfg.fusion.qformer_heads, num_layers=cfg.fusion.qformer_layers,
                             **stack, rngs=rngs)
     self.num_soft_tokens = num_soft
-    self.llm = LLM(cfg.llm, vocab_size, **stack, rngs=rngs)
+    self.llm = LLM(cfg.llm, vocab_size, **stack, lora_config=cfg.lora, rngs=rngs)
     self.valence_head = ValenceHead(cfg.llm.width, **common, rngs=rngs)
 
   def encode_soft_tokens(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> jax.Array:

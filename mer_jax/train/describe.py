@@ -51,7 +51,7 @@ def describe(config: Any, vocab_size: int, num_devices: int | None = None) -> di
   mesh = AbstractMesh(shape, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape))
   rules = sharding.rules_from_config(config)
   parts = state_lib.build_model_parts(config, vocab_size, mesh, rules)
-  tx = make_optimizer(config.train)
+  tx = make_optimizer(config.train, parts.abstract_params)
   shardings = state_lib.train_state_shardings(parts, tx, mesh)
   abstract_opt = jax.eval_shape(tx.init, parts.abstract_params)
   components = {name: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -19,8 +19,8 @@ class ModelSetup:
     self.vocab_size = vocab_size
     self.mesh = sharding.build_mesh(config.mesh, devices)
     self.rules = sharding.rules_from_config(config)
-    self.tx: optax.GradientTransformation = make_optimizer(config.train)
     self.parts = state_lib.build_model_parts(config, vocab_size, self.mesh, self.rules)
+    self.tx: optax.GradientTransformation = make_optimizer(config.train, self.parts.abstract_params)
     self.state_shardings = state_lib.train_state_shardings(self.parts, self.tx, self.mesh)
     self.forward = jax.jit(make_forward(self.parts.graphdef, self.parts.rest))
 

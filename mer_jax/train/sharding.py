@@ -30,6 +30,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('patch', None),
     ('positions', None),
     ('queries', None),
+    ('lora_rank', None),
 )
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mer_jax.interop import hf
+from mer_jax.models import lora
 from mer_jax.models.mer import MERModel
 from mer_jax.train import sharding
 
@@ -59,12 +60,16 @@ def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rul
 
 
 def train_state_shardings(parts: ModelParts, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> dict:
-  """Shardings of {'step', 'params', 'opt_state'}: optimizer moments follow their parameters."""
+  """Shardings of {'step', 'params', 'opt_state'}: optimizer moments follow their parameters.
+
+  Frozen parameters' places in the state of a masked transformation stay empty (optax.MaskedNode).
+  """
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract_opt_state = jax.eval_shape(tx.init, parts.abstract_params)
+  masked = lambda x: isinstance(x, optax.MaskedNode)
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt_state, parts.param_shardings,
-      transform_non_params=lambda _: replicated)
+      tx, lambda x, s: x if masked(x) else s, abstract_opt_state, parts.param_shardings,
+      transform_non_params=lambda _: replicated, is_leaf=masked)
   return {'step': replicated, 'params': parts.param_shardings, 'opt_state': opt_shardings}
 
 
@@ -73,7 +78,7 @@ def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardi
   """Creates the train state already sharded (jit with out_shardings), never on one device first.
 
   Parts with a pretrained checkpoint then have their fresh params replaced, one parameter at a
-  time, by the checkpoint's, placed with the same shardings.
+  time, by the checkpoint's, placed with the same shardings; LoRA adapters keep their fresh values.
   """
 
   def init() -> dict:
@@ -83,8 +88,9 @@ def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardi
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     state = jax.jit(init, out_shardings=shardings)()
   for name, hf_dir in parts.pretrained.items():
-    state['params'][name] = hf.load_component(name, hf_dir, parts.abstract_params[name],
-                                              shardings['params'][name])
+    loaded = hf.load_component(name, hf_dir, lora.without_adapters(parts.abstract_params[name]),
+                               lora.without_adapters(shardings['params'][name]))
+    state['params'][name] = lora.with_adapters(loaded, state['params'][name])
   return state
 
 

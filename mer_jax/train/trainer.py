@@ -13,7 +13,7 @@ from mer_jax.data import pipeline
 from mer_jax.eval.evaluate import evaluate
 from mer_jax.train.checkpoint import Checkpointer
 from mer_jax.train.experiment import Experiment
-from mer_jax.train.optim import learning_rate_schedule
+from mer_jax.train.optim import learning_rate_schedule, parameter_counts
 
 
 @flax.struct.dataclass
@@ -75,6 +75,9 @@ def train(config: Any, workdir: str, stop_at: int | None = None) -> dict[str, An
   if start_step >= train_config.steps:
     print(f'{workdir} already holds step {start_step} >= train.steps={train_config.steps}; nothing to train')
 
+  if is_chief:
+    trainable, total = parameter_counts(train_config, experiment.parts.abstract_params)
+    print(f'parameters: {trainable:,} trainable of {total:,} (train.trainable={tuple(train_config.trainable)})')
   step_fn = experiment.train_step()
   schedule = learning_rate_schedule(train_config)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
