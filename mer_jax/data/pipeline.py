@@ -7,13 +7,13 @@ from typing import Any, Iterator
 import grain
 import numpy as np
 
-from mer_jax.data import records
+from mer_jax.data import prepare, records
 from mer_jax.data.text import PromptBuilder, PromptLayout, TextTokenizer
 
 
 def load_info(data_dir: str) -> dict:
   """Reads a prepared dataset's dataset_info.json."""
-  path = os.path.join(data_dir, 'dataset_info.json')
+  path = os.path.join(data_dir, prepare.INFO_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {data_dir} a dataset written by `mer-jax prepare`?')
   with open(path) as f:
@@ -22,7 +22,7 @@ def load_info(data_dir: str) -> dict:
 
 def tokenizer_path(data_config: Any) -> str:
   """config.data.tokenizer, or the tokenizer.json saved with the prepared dataset."""
-  return data_config.tokenizer or os.path.join(data_config.dir, 'tokenizer.json')
+  return data_config.tokenizer or os.path.join(data_config.dir, prepare.TOKENIZER_FILE)
 
 
 class IndexedSource(grain.sources.RandomAccessDataSource):
@@ -51,8 +51,7 @@ def open_split(data_config: Any, info: dict, split: str) -> IndexedSource:
   if source_split not in info['splits']:
     known = sorted(info['splits']) + (['val'] if data_config.val_fraction > 0 else [])
     raise ValueError(f'split {split!r} is not in {data_config.dir}; known splits: {known}')
-  files = [os.path.join(data_config.dir, name) for name in info['splits'][source_split]['files']]
-  source = grain.sources.ArrayRecordDataSource(files)
+  source = grain.sources.ArrayRecordDataSource(prepare.split_files(data_config.dir, source_split))
   all_indices = np.arange(len(source))
   if source_split != data_config.train_split or data_config.val_fraction <= 0:
     return IndexedSource(source, all_indices)

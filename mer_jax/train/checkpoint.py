@@ -44,16 +44,13 @@ class Checkpointer:
       except Exception as error:  # Orbax raises many types for unreadable files.
         damaged = os.path.join(self.directory, str(step))
         aside = unused_path(f'{damaged}.damaged')
-        print(f'WARNING: checkpoint {damaged} is damaged ({type(error).__name__}: {str(error).splitlines()[0][:200]}); '
-              f'moved to {aside}; trying the previous checkpoint', flush=True)
+        reason = f'{type(error).__name__}: {str(error).splitlines()[0][:200]}'
+        print(f'WARNING: checkpoint {damaged} is damaged ({reason}); moved to {aside}; '
+              'trying the previous checkpoint', flush=True)
         if jax.process_index() == 0:
           os.rename(damaged, aside)
         self.manager.reload()
     return None
-
-  def wait(self) -> None:
-    """Blocks until pending saves are written."""
-    self.manager.wait_until_finished()
 
   def close(self) -> None:
     """Finishes pending saves and releases the manager."""
