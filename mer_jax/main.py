@@ -159,7 +159,7 @@ def run_describe() -> None:
   from mer_jax.train.describe import describe, format_report
   require('describe', 'config')
   config = FLAGS.config
-  vocab_size = config.model.llm.vocab_size or TextTokenizer(tokenizer_path(config.data)).vocab_size
+  vocab_size = config.model.llm.vocab_size or TextTokenizer(tokenizer_path(config)).vocab_size
   print(format_report(describe(config, vocab_size)))
 
 

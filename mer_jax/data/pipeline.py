@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import grain
 import numpy as np
 
-from mer_jax.data import prepare, records
+from mer_jax.data import chat, prepare, records
 from mer_jax.data.text import PromptBuilder, PromptLayout, TextTokenizer
 
 
@@ -20,9 +20,25 @@ def load_info(data_dir: str) -> dict:
     return json.load(f)
 
 
-def tokenizer_path(data_config: Any) -> str:
-  """config.data.tokenizer, or the tokenizer.json saved with the prepared dataset."""
-  return data_config.tokenizer or os.path.join(data_config.dir, prepare.TOKENIZER_FILE)
+def tokenizer_path(config: Any) -> str:
+  """config.data.tokenizer; else the pretrained LLM's (config.model.llm.init_from) tokenizer.json if it has
+  one; else the tokenizer.json saved with the prepared dataset."""
+  if config.data.tokenizer:
+    return config.data.tokenizer
+  pretrained = os.path.join(config.model.llm.init_from, prepare.TOKENIZER_FILE)
+  if config.model.llm.init_from and os.path.exists(pretrained):
+    return pretrained
+  return os.path.join(config.data.dir, prepare.TOKENIZER_FILE)
+
+
+def chat_template(config: Any, tokenizer_file: str) -> chat.ChatTemplate | None:
+  """The tokenizer's chat template when config.data.chat_template is 'auto' and it has one; None for 'none'."""
+  choice = config.data.chat_template
+  if choice not in ('auto', 'none'):
+    raise ValueError(f"config.data.chat_template={choice!r}; choose 'auto' or 'none'")
+  if choice == 'none':
+    return None
+  return chat.load_chat_template(os.path.dirname(os.path.abspath(tokenizer_file)))
 
 
 class IndexedSource(grain.sources.RandomAccessDataSource):
@@ -70,7 +86,8 @@ def prompt_builder(config: Any, info: dict) -> PromptBuilder:
       max_transcript_tokens=config.data.max_transcript_tokens,
       seq_len=config.data.seq_len,
   )
-  return PromptBuilder(TextTokenizer(tokenizer_path(config.data)), layout, info['labels'])
+  path = tokenizer_path(config)
+  return PromptBuilder(TextTokenizer(path), layout, info['labels'], chat_template(config, path))
 
 
 class Featurizer:

@@ -15,7 +15,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from tqdm import tqdm
 
-from mer_jax.data import records
+from mer_jax.data import chat, records
 from mer_jax.data.formats import ClipRecord, get_reader
 from mer_jax.data.media import MediaError, decode_clip
 
@@ -124,9 +124,13 @@ def _replace_dir(new_dir: str, out_dir: str) -> None:
 
 def _write_tokenizer(path: str, tokenizer_path: str | None, clips: list[ClipRecord],
                      labels: tuple[str, ...]) -> None:
-  """Copies the given tokenizer.json, or trains one on the transcripts and label words."""
+  """Copies the given tokenizer.json (with the special tokens and chat template beside it), or trains one."""
   if tokenizer_path:
     shutil.copyfile(tokenizer_path, path)
+    for name in (chat.CONFIG_FILE, chat.TEMPLATE_FILE):
+      beside = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), name)
+      if os.path.exists(beside):
+        shutil.copyfile(beside, os.path.join(os.path.dirname(path), name))
     return
   from mer_jax.data.text import build_tokenizer
   build_tokenizer([clip.sentence for clip in clips if clip.sentence] + list(labels), path)

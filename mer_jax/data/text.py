@@ -1,17 +1,20 @@
 """Tokenizer wrapper and the prompt/answer template that reserves soft-token spans by position."""
 
 import dataclasses
+import os
 
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from mer_jax.data import chat
 
 PAD, BOS, EOS, UNK = '<pad>', '<bos>', '<eos>', '<unk>'
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 
 # Names pretrained tokenizers use for the same roles, tried in order.
 _ROLE_ALIASES = {
-    'pad': (PAD, '<|endoftext|>', '<unk>', '</s>'),
+    'pad': (PAD, '<|endoftext|>', '<|finetune_right_pad_id|>', '<unk>', '</s>', '<|end_of_text|>'),
     'bos': (BOS, '<s>', '<|begin_of_text|>', '<|im_start|>', '<|endoftext|>'),
     'eos': (EOS, '</s>', '<|end_of_text|>', '<|im_end|>', '<|endoftext|>'),
 }
@@ -47,16 +50,19 @@ class TextTokenizer:
     except Exception as e:
       raise ValueError(f'cannot read tokenizer file {path}: {e}') from e
     self.path = path
-    self.pad_id = self._role_id('pad')
-    self.bos_id = self._role_id('bos')
-    self.eos_id = self._role_id('eos')
+    named = chat.special_tokens(os.path.dirname(os.path.abspath(path)))
+    self.pad_id = self._role_id('pad', named.get('pad'))
+    self.bos_id = self._role_id('bos', named.get('bos'))
+    self.eos_id = self._role_id('eos', named.get('eos'))
 
-  def _role_id(self, role: str) -> int:
-    for name in _ROLE_ALIASES[role]:
+  def _role_id(self, role: str, named: str | None) -> int:
+    """The id of the token tokenizer_config.json names for `role`, else of the first known alias present."""
+    candidates = ((named,) if named else ()) + _ROLE_ALIASES[role]
+    for name in candidates:
       token_id = self.tokenizer.token_to_id(name)
       if token_id is not None:
         return token_id
-    raise ValueError(f'tokenizer {self.path} has no {role} token (tried {_ROLE_ALIASES[role]})')
+    raise ValueError(f'tokenizer {self.path} has no {role} token (tried {candidates})')
 
   @property
   def vocab_size(self) -> int:
@@ -86,9 +92,11 @@ class PromptLayout:
 class PromptBuilder:
   """Builds fixed-length token sequences: prompt (with soft-token slots) + answer + padding."""
 
-  def __init__(self, tokenizer: TextTokenizer, layout: PromptLayout, labels: list[str]):
+  def __init__(self, tokenizer: TextTokenizer, layout: PromptLayout, labels: list[str],
+               chat_template: chat.ChatTemplate | None = None):
     self.tokenizer = tokenizer
     self.layout = layout
+    self.chat_template = chat_template
     self.labels = list(labels)
     self.answers = [self.answer_ids(label) for label in self.labels]
     longest = max(len(a) for a in self.answers)
@@ -103,9 +111,13 @@ class PromptBuilder:
     return self.tokenizer.encode(' ' + label) + [self.tokenizer.eos_id]
 
   def prompt_ids(self, sentence: str) -> tuple[list[int], list[int]]:
-    """Prompt ids (soft-token slots hold the pad id) and the soft-token positions, audio first."""
-    tok, layout = self.tokenizer, self.layout
-    ids = [tok.bos_id]
+    """Prompt ids (soft-token slots hold the pad id) and the soft-token positions, audio first.
+
+    Without a chat template the prompt starts with BOS; with one, the template's text before and
+    after a user turn wraps the prompt (its BOS, if any, is part of that text).
+    """
+    tok, layout, template = self.tokenizer, self.layout, self.chat_template
+    ids = tok.encode(template.prefix) if template else [tok.bos_id]
     soft_positions: list[int] = []
 
     def reserve(header: str, count: int) -> None:
@@ -121,6 +133,8 @@ class PromptBuilder:
       ids.extend(tok.encode(TRANSCRIPT_HEADER))
       ids.extend(tok.encode(' ' + sentence.strip())[:layout.max_transcript_tokens])
     ids.extend(tok.encode(QUESTION))
+    if template:
+      ids.extend(tok.encode(template.suffix))
     return ids, soft_positions
 
   def build(self, sentence: str, answer: list[int]) -> dict[str, np.ndarray]:
