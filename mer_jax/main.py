@@ -1,4 +1,4 @@
-"""Command-line entry: mer-jax {synth,prepare,train,evaluate,predict,bench,describe,sweep} [flags]."""
+"""Command-line entry: mer-jax {synth,prepare,train,evaluate,predict,bench,describe,sweep,convert} [flags]."""
 
 import json
 import os
@@ -9,13 +9,13 @@ from ml_collections import ConfigDict, config_flags
 
 from mer_jax import config_check
 
-COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep')
+COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert')
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/demo.py:modalities=audio.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: config.json, checkpoints/, TensorBoard events, eval/.')
-flags.DEFINE_string('out', None, 'Output directory (synth, prepare).')
+flags.DEFINE_string('out', None, 'Output directory (synth, prepare, convert).')
 flags.DEFINE_string('raw', None, 'Raw dataset directory (prepare).')
 flags.DEFINE_string('format', 'mer2023', 'Raw dataset layout (prepare).')
 flags.DEFINE_integer('num_clips', 1000, 'Number of synthetic clips (synth).')
@@ -29,7 +29,13 @@ flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for a m
                     '(SLURM and TPU pods are detected without it).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in the job (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process\'s index (with --coordinator_address).')
-flags.DEFINE_enum('what', 'decode', ['decode'], 'What to benchmark (bench).')
+flags.DEFINE_enum('what', 'decode', ['decode', 'import'], 'What to benchmark (bench).')
+flags.DEFINE_string('hf', None, 'A Hugging Face checkpoint directory (convert, bench --what import).')
+flags.DEFINE_enum('component', 'llm', ['llm', 'audio', 'vision'], 'Which model part the checkpoint holds (convert).')
+flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Parameter dtype to load the LLM in '
+                  '(bench --what import).')
+flags.DEFINE_float('random_gb', 0.0, 'First write a random LLaMA-shaped bfloat16 checkpoint of about this many '
+                   'GB into --hf, which must not exist (bench --what import).')
 flags.DEFINE_integer('iterations', 10, 'Timed calls per measurement, after one compiling call (bench).')
 flags.DEFINE_bool('json', False, 'Print one JSON document instead of a table (predict).')
 flags.DEFINE_string('transcript', None, 'Transcript given to every clip\'s prompt (predict).')
@@ -139,6 +145,9 @@ def run_evaluate() -> None:
 
 def run_bench() -> None:
   """mer-jax bench --what decode --config FILE: decode tokens/s and latency per clip, with and without KV cache."""
+  if FLAGS.what == 'import':
+    run_bench_import()
+    return
   import jax
   from mer_jax.eval import bench
   require('bench', 'config')
@@ -150,6 +159,28 @@ def run_bench() -> None:
   rows = bench.bench_decode(config, iterations=FLAGS.iterations, num_frames=FLAGS.num_frames,
                             duration_s=FLAGS.duration)
   print(bench.format_table(rows))
+
+
+def run_bench_import() -> None:
+  """mer-jax bench --what import --hf DIR [--dtype D] [--random_gb N]: peak RSS of load_llm vs size on disk."""
+  from mer_jax.eval import bench
+  require('bench --what import', 'hf')
+  if FLAGS.random_gb:
+    config = bench.write_random_llama(FLAGS.hf, FLAGS.random_gb)
+    print(f"wrote a random bfloat16 LLaMA with {config['num_hidden_layers']} layers to {FLAGS.hf}")
+  print(bench.format_import(bench.bench_import(FLAGS.hf, FLAGS.dtype)))
+
+
+def run_convert() -> None:
+  """mer-jax convert --hf DIR --out CKPT [--component C]: an HF checkpoint as an Orbax one that init_from accepts."""
+  from mer_jax.interop import weights
+  require('convert', 'hf', 'out')
+  try:
+    info = weights.convert(FLAGS.hf, FLAGS.out, FLAGS.component)
+  except (OSError, ValueError) as error:
+    raise app.UsageError(str(error)) from error
+  print(f"wrote the {info['component']} of {info['source']} ({info['dtype']}) to {os.path.abspath(FLAGS.out)}; "
+        f"set config.model.{info['component']}.init_from to it")
 
 
 def run_describe() -> None:
@@ -225,7 +256,8 @@ def main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) != 2 and argv[1] != 'predict'):
     raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
   {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
-   'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'sweep': run_sweep}[argv[1]]()
+   'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'sweep': run_sweep,
+   'convert': run_convert}[argv[1]]()
 
 
 

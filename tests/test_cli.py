@@ -1,10 +1,11 @@
-"""The mer-jax command line: config errors at start-up, train then evaluate through the CLI."""
+"""The mer-jax command line: config errors at start-up, train then evaluate, convert through the CLI."""
 
 import json
 import os
 import subprocess
 import sys
 
+from mer_jax.eval import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,3 +54,17 @@ def test_train_then_evaluate(prepared_tiny, tmp_path):
   with open(os.path.join(workdir, 'eval', 'report_test.json')) as f:
     report = json.load(f)
   assert report['count'] > 0 and 0.0 <= report['scored']['waf'] <= 1.0
+
+
+def test_convert_writes_a_checkpoint_init_from_accepts(tmp_path):
+  hf_dir, out = str(tmp_path / 'hf'), str(tmp_path / 'converted')
+  bench.write_random_llama(hf_dir, 0.0, shape={'vocab_size': 64, 'hidden_size': 16, 'intermediate_size': 32,
+                                               'num_attention_heads': 2, 'num_key_value_heads': 1})
+  result = mer_jax('convert', '--hf', hf_dir, '--out', out)
+  assert result.returncode == 0, result.stderr
+  assert 'set config.model.llm.init_from' in result.stdout
+  with open(os.path.join(out, 'converted.json')) as f:
+    info = json.load(f)
+  assert info['component'] == 'llm' and info['dtype'] == 'bfloat16' and info['model_config']['width'] == 16
+  again = mer_jax('convert', '--hf', hf_dir, '--out', out)
+  assert again.returncode != 0 and 'already exists' in again.stderr

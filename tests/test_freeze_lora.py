@@ -4,8 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 from flax import nnx
 
+from mer_jax.interop import hf
 from mer_jax.models import lora
 from mer_jax.models.layers import Dense
 from mer_jax.train.experiment import ModelSetup
@@ -90,8 +93,45 @@ def test_lora_starts_as_a_no_op():
     np.testing.assert_array_equal(with_lora, without)
 
 
-def test_only_adapters_train_on_a_frozen_llm():
-  config = lora_config(trainable=(), dropout=0.1)
+@pytest.fixture(scope='module')
+def llama_dir(tmp_path_factory) -> tuple[str, torch.nn.Module]:
+  """A random tiny LlamaForCausalLM shaped like step_config()'s LLM, and its save_pretrained directory."""
+  llm = step_config().model.llm
+  config = transformers.LlamaConfig(
+    vocab_size=VOCAB, hidden_size=llm.width, intermediate_size=llm.mlp, num_hidden_layers=llm.layers,
+    num_attention_heads=llm.heads, num_key_value_heads=llm.kv_heads, rms_norm_eps=llm.norm_eps)
+  model = transformers.LlamaForCausalLM(config).eval()
+  path = str(tmp_path_factory.mktemp('llama'))
+  model.save_pretrained(path)
+  return path, model
+
+
+def pretrained_lora_config(path: str, trainable: tuple[str, ...] = (), dropout: float = 0.0):
+  """lora_config() with config.model.llm.init_from = path (and the values that checkpoint fixes)."""
+  config = lora_config(trainable=trainable, dropout=dropout)
+  config.model.llm.update(hf.checkpoint_config('llm', path))
+  config.model.llm.init_from = path
+  return config
+
+
+def test_lora_on_a_pretrained_llm_starts_as_the_pretrained_model(llama_dir):
+  path, model = llama_dir
+  setup = ModelSetup(pretrained_lora_config(path), VOCAB)
+  params = setup.init_state()['params']
+  expected = nnx.to_pure_dict(nnx.state(hf.load_llm(path), nnx.Param))
+  jax.tree.map(np.testing.assert_array_equal, lora.without_adapters(jax.device_get(params['llm'])), expected)
+  found = adapters(params)
+  assert found and all(not x.any() for name, x in found.items() if name.endswith("['b']"))
+  ids = np.random.RandomState(0).randint(0, VOCAB, (2, 12))
+  logits = nnx.merge(setup.parts.graphdef, params, setup.parts.rest).llm(jnp.asarray(ids))
+  with torch.no_grad():
+    reference = model(torch.tensor(ids)).logits.numpy()
+  np.testing.assert_allclose(logits, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize('pretrained', [False, True])
+def test_only_adapters_train_on_a_frozen_llm(llama_dir, pretrained):
+  config = pretrained_lora_config(llama_dir[0], dropout=0.1) if pretrained else lora_config(dropout=0.1)
   setup = ModelSetup(config, VOCAB)
   trained, _ = parameter_counts(config.train, setup.parts.abstract_params)
   assert trained == size(adapters(setup.parts.abstract_params)) > 0

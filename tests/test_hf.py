@@ -19,7 +19,8 @@ import safetensors.numpy
 import torch
 import transformers
 
-from mer_jax.interop import hf
+from mer_jax.eval import bench
+from mer_jax.interop import hf, weights
 from mer_jax.models import layers
 from mer_jax.models.audio import log_mel
 from mer_jax.train import sharding, state as state_lib
@@ -194,29 +195,35 @@ os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
 from flax import nnx
 import jax
 import numpy as np
-from mer_jax.interop import hf
+from mer_jax.interop import hf, weights
 from mer_jax.train import sharding
-path, ids_path, out_path = sys.argv[1:]
+path, converted, ids_path, out_path = sys.argv[1:]
 mesh = sharding.build_mesh({'data': 1, 'fsdp': 2, 'tensor': 2})
 with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
   model = hf.load_llm(path, mesh=mesh)
   logits = nnx.jit(lambda m, ids: m(ids))(model, np.load(ids_path))
 np.save(out_path, np.asarray(logits))
 gate = model.layers.blocks.mlp.gate.kernel[...]
+loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+restored = weights.load_params('llm', converted, loaded, jax.tree.map(lambda x: x.sharding, loaded))
+same = jax.tree.map(lambda a, b: a.sharding == b.sharding and bool((a == b).all()), restored, loaded)
 print(json.dumps({'spec': [str(a) for a in gate.sharding.spec],
-                  'shard': list(gate.addressable_shards[0].data.shape)}))
+                  'shard': list(gate.addressable_shards[0].data.shape),
+                  'converted_matches': all(jax.tree.leaves(same))}))
 """
 
 
 def test_load_onto_a_mesh_shards_and_matches(llm_dirs, tmp_path):
   path, model = llm_dirs['qwen2_untied']
   np.save(tmp_path / 'ids.npy', IDS)
+  weights.convert(path, str(tmp_path / 'converted'))
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  command = [sys.executable, '-c', MESH_SCRIPT, path, str(tmp_path / 'ids.npy'), str(tmp_path / 'logits.npy')]
+  command = [sys.executable, '-c', MESH_SCRIPT, path, str(tmp_path / 'converted'), str(tmp_path / 'ids.npy'),
+             str(tmp_path / 'logits.npy')]
   result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   placed = json.loads(result.stdout.strip().splitlines()[-1])
-  assert placed == {'spec': ['None', 'fsdp', 'tensor'], 'shard': [2, 16, 32]}
+  assert placed == {'spec': ['None', 'fsdp', 'tensor'], 'shard': [2, 16, 32], 'converted_matches': True}
   assert max_diff(np.load(tmp_path / 'logits.npy'), hf_logits(model)) < TOLERANCE
 
 
@@ -337,17 +344,43 @@ def demo_config() -> ml_collections.ConfigDict:
   return module.get_config('variant=tiny')
 
 
-def test_init_from_replaces_params_keeping_shardings(llm_dirs, whisper_dir, clip_dir):
+def init_from_config(sources: dict[str, str]) -> ml_collections.ConfigDict:
+  """The tiny demo config with config.model.<name>.init_from = path (and the values it fixes) for each source."""
   config = demo_config()
-  for name, path in (('llm', llm_dirs['qwen2_tied'][0]), ('audio', whisper_dir[0]), ('vision', clip_dir[0])):
-    config.model[name].update(hf.checkpoint_config(name, path))
+  for name, path in sources.items():
+    config.model[name].update(weights.checkpoint_config(name, path))
     config.model[name].init_from = path
+  return config
+
+
+def initial_state(config: ml_collections.ConfigDict, vocab_size: int = VOCAB) -> tuple[dict, dict]:
+  """(the train state init_train_state creates for config, its shardings)."""
   mesh = sharding.build_mesh(config.mesh)
   rules = sharding.rules_from_config(config)
-  parts = state_lib.build_model_parts(config, VOCAB, mesh, rules)
+  parts = state_lib.build_model_parts(config, vocab_size, mesh, rules)
   tx = make_optimizer(config.train, parts.abstract_params)
   shardings = state_lib.train_state_shardings(parts, tx, mesh)
-  state = state_lib.init_train_state(parts, tx, shardings, mesh, rules)
+  return state_lib.init_train_state(parts, tx, shardings, mesh, rules), shardings
+
+
+@pytest.fixture(scope='module')
+def converted_dirs(llm_dirs, whisper_dir, clip_dir, tmp_path_factory) -> dict[str, str]:
+  """`mer-jax convert` of the qwen2_tied LLM, the Whisper and the CLIP checkpoints: component -> directory."""
+  out = tmp_path_factory.mktemp('converted')
+  sources = {'llm': llm_dirs['qwen2_tied'][0], 'audio': whisper_dir[0], 'vision': clip_dir[0]}
+  for name, path in sources.items():
+    weights.convert(path, str(out / name), name)
+  return {name: str(out / name) for name in sources}
+
+
+@pytest.mark.parametrize('source', ['hf', 'converted'])
+def test_init_from_replaces_params_keeping_shardings(llm_dirs, whisper_dir, clip_dir, converted_dirs, source):
+  hf_dirs = {'llm': llm_dirs['qwen2_tied'][0], 'audio': whisper_dir[0], 'vision': clip_dir[0]}
+  config = init_from_config(hf_dirs)
+  if source == 'converted':
+    for name, path in converted_dirs.items():
+      config.model[name].init_from = path
+  state, shardings = initial_state(config)
   expected = {'llm': hf.load_llm(llm_dirs['qwen2_tied'][0]), 'audio': hf.load_whisper_encoder(whisper_dir[0]),
               'vision': hf.load_clip_vision(clip_dir[0])}
   for name, module in expected.items():
@@ -356,4 +389,49 @@ def test_init_from_replaces_params_keeping_shardings(llm_dirs, whisper_dir, clip
                                             shardings['params'][name])))
   config.model.llm.rope_theta = 1234.0
   with pytest.raises(ValueError, match=r'config.model.llm.rope_theta=1234.0 \(checkpoint: 10000.0\)'):
-    state_lib.build_model_parts(config, VOCAB, mesh, rules)
+    initial_state(config)
+
+
+def test_converted_checkpoint_keeps_the_files_dtype_and_config(tmp_path):
+  model_class, config = LLMS['llama2']
+  path = save(perturbed(model_class(config)).to(torch.bfloat16), tmp_path / 'bf16')
+  out = str(tmp_path / 'converted')
+  info = weights.convert(path, out)
+  assert weights.is_converted(out) and not weights.is_converted(path)
+  assert info['dtype'] == 'bfloat16' and info['hf_config']['architectures'] == ['LlamaForCausalLM']
+  assert weights.read_converted(out)['model_config'] == hf.checkpoint_config('llm', path)
+  state, _ = initial_state(init_from_config({'llm': out}))
+  jax.tree.map(np.testing.assert_array_equal, state['params']['llm'], params(hf.load_llm(path)))
+  with pytest.raises(FileExistsError, match='already exists'):
+    weights.convert(path, out)
+
+
+def test_converted_checkpoint_mismatches_are_named(converted_dirs):
+  llm = converted_dirs['llm']
+  with pytest.raises(ValueError, match=rf"parameter 'embed.embedding' in {llm}/params has shape \(96, 32\), "
+                                       r"the config needs \(97, 32\)"):
+    initial_state(init_from_config({'llm': llm}), vocab_size=VOCAB + 1)
+  config = init_from_config({'llm': llm})
+  config.model.llm.init_from = converted_dirs['audio']
+  with pytest.raises(ValueError, match="holds a converted 'audio' checkpoint, not 'llm'"):
+    initial_state(config)
+
+
+TINY_LLAMA_SHAPE = {'vocab_size': VOCAB, 'hidden_size': 32, 'intermediate_size': 64, 'num_attention_heads': 4,
+                    'num_key_value_heads': 2}
+
+
+def test_random_llama_is_a_sharded_checkpoint_transformers_loads(tmp_path):
+  path = str(tmp_path / 'random')
+  # 12 KB of vocab tables and norm plus 18.6 KB per layer: 70 KB makes 3 layers.
+  config = bench.write_random_llama(path, 0.00007, shape=TINY_LLAMA_SHAPE, shard_gigabytes=0.00002)
+  index = json.loads(pathlib.Path(path, 'model.safetensors.index.json').read_text())
+  files = sorted(set(index['weight_map'].values()))
+  assert len(files) > 2 and sorted(hf.Checkpoint(path).files) == files
+  assert config['num_hidden_layers'] == 3 and hf.Checkpoint(path).dtype() == 'bfloat16'
+  reference = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+  assert max_diff(our_logits(hf.load_llm(path)), hf_logits(reference)) < TOLERANCE
+  row = bench.bench_import(path, 'bfloat16')
+  assert row['params_bytes'] == index['metadata']['total_size'] < row['disk_bytes']
+  assert 0 < row['baseline_rss'] <= row['peak_rss']
+  assert '| bfloat16 |' in bench.format_import(row)

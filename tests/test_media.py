@@ -1,13 +1,19 @@
-"""Tests clip decoding: shapes, trimming and padding, frame choice, cropping, and the MediaError cases."""
+"""Tests clip decoding: shapes, trimming and padding, frame choice, cropping, CLIP parity, and the MediaError cases."""
 
 import os
 
 import av
+from flax import nnx
+import ml_collections
 import numpy as np
 import pytest
+import transformers
 
 from mer_jax.data import media, synthetic
 from mer_jax.data.media import MediaError, decode_clip
+from mer_jax.models.vision import VisionEncoder
+
+CLIP_TOLERANCE = 1e-5
 
 
 def write_clip(path: str, *, width: int = 64, height: int = 64, fps: int = 10, seconds: float = 2.0,
@@ -124,3 +130,41 @@ def test_frames_without_a_known_duration(tmp_path, monkeypatch):
   monkeypatch.setattr(media, '_video_duration', lambda container, stream: None)
   _, frames = decode_clip(path, num_frames=4, frame_size=64)
   np.testing.assert_allclose(frames.reshape(4, -1).mean(1), [20, 70, 120, 170], atol=3)
+
+
+def clip_pixels(images: list[np.ndarray], size: int) -> np.ndarray:
+  """transformers' (PIL) CLIPImageProcessor output for uint8 images, as NHWC."""
+  processor = transformers.CLIPImageProcessorPil(size={'shortest_edge': size},
+                                                 crop_size={'height': size, 'width': size})
+  return processor(images=images, return_tensors='np').pixel_values.transpose(0, 2, 3, 1)
+
+
+def our_pixels(frames: np.ndarray, size: int) -> np.ndarray:
+  """The vision encoder's preprocessing of uint8 frames [M, size, size, 3]."""
+  cfg = ml_collections.ConfigDict(dict(image_size=size, patch_size=size // 4, width=8, layers=1, heads=1,
+                                       mlp=8, act='quick_gelu', num_soft_tokens=1))
+  encoder = nnx.eval_shape(lambda: VisionEncoder(cfg, rngs=nnx.Rngs(0)))
+  return np.asarray(encoder.preprocess(frames))
+
+
+@pytest.mark.parametrize('height, width, size', [(48, 64, 32), (90, 40, 32), (30, 50, 36)])
+def test_frame_preprocessing_matches_clip_image_processor(height, width, size):
+  images = list(np.random.RandomState(height).randint(0, 256, (2, height, width, 3), np.uint8))
+  frames = np.stack([media.resize_and_crop(image, size) for image in images])
+  expected = clip_pixels(images, size)
+  diff = float(np.max(np.abs(our_pixels(frames, size) - expected)))
+  print(f'{height}x{width} -> {size}: max abs difference from CLIPImageProcessor {diff:.3g}')
+  assert frames.dtype == np.uint8 and frames.shape == (2, size, size, 3)
+  assert diff < CLIP_TOLERANCE
+
+
+def test_decoded_frames_match_clip_image_processor(tmp_path):
+  picture = np.random.RandomState(5).randint(0, 256, (48, 80, 3), np.uint8)
+  path = write_clip(str(tmp_path / 'still.mp4'), width=80, height=48, seconds=1.0, frame=lambda i: picture)
+  with av.open(path) as container:
+    decoded = [frame.to_ndarray(format='rgb24') for frame in container.decode(video=0)]
+  assert all(np.array_equal(image, decoded[0]) for image in decoded)
+  _, frames = decode_clip(path, num_frames=2, frame_size=32, duration_s=1.0)
+  diff = float(np.max(np.abs(our_pixels(frames, 32) - clip_pixels(decoded[:2], 32))))
+  print(f'decoded 80x48 mp4 -> 32: max abs difference from CLIPImageProcessor {diff:.3g}')
+  assert diff < CLIP_TOLERANCE

@@ -20,18 +20,27 @@ class MediaError(ValueError):
     self.reason = reason
 
 
+def resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 RGB [H, W, 3] -> [size, size, 3] as transformers' CLIPImageProcessor does it (before rescaling).
+
+  The shortest edge is resized to `size` (the other to int(size * long / short)) with PIL's bicubic
+  filter, then the centre size x size is cropped, its offsets rounded down.
+  """
+  height, width = image.shape[:2]
+  short, long = min(height, width), max(height, width)
+  new_long = int(size * long / short)
+  new_height, new_width = (size, new_long) if height <= width else (new_long, size)
+  if (new_height, new_width) != (height, width):
+    image = np.asarray(Image.fromarray(image).resize((new_width, new_height), Image.Resampling.BICUBIC))
+  top, left = (new_height - size) // 2, (new_width - size) // 2
+  return np.ascontiguousarray(image[top:top + size, left:left + size])
+
+
 def _square_rgb(frame: av.VideoFrame, size: int) -> np.ndarray:
-  """The frame as RGB, center-cropped to a square and resized to size x size."""
+  """The frame as RGB, resized and centre-cropped to size x size like CLIP's image processor."""
   if not hasattr(_local, 'reformatter'):
     _local.reformatter = VideoReformatter()
-  image = _local.reformatter.reformat(frame, format='rgb24').to_ndarray()
-  height, width = image.shape[:2]
-  side = min(height, width)
-  top, left = (height - side) // 2, (width - side) // 2
-  crop = image[top:top + side, left:left + side]
-  if side == size:
-    return np.ascontiguousarray(crop)
-  return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))
+  return resize_and_crop(_local.reformatter.reformat(frame, format='rgb24').to_ndarray(), size)
 
 
 def _video_duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
@@ -90,9 +99,10 @@ def decode_clip(path: str, *, sample_rate: int = 16000, duration_s: float = 2.0,
 
   The audio is resampled to `sample_rate` mono and cut to its first `duration_s` seconds, or
   zero-padded when shorter (AAC decodes to slightly more than the clip's length). The frames are
-  the ones shown at the centres of `num_frames` equal segments of the whole video, center-cropped
-  to a square and resized. Raises MediaError (naming the file and the reason) for missing, empty
-  or undecodable files, and files without an audio track, a video stream or frames.
+  the ones shown at the centres of `num_frames` equal segments of the whole video, resized and
+  centre-cropped to a square as CLIP's image processor does (see `resize_and_crop`). Raises
+  MediaError (naming the file and the reason) for missing, empty or undecodable files, and files
+  without an audio track, a video stream or frames.
   """
   if not os.path.exists(path):
     raise MediaError(path, 'file not found')

@@ -107,6 +107,13 @@ class Checkpoint:
     info = self.info(name)
     return np.memmap(info.path, dtype=DTYPES[info.dtype], mode='r', offset=info.offset, shape=info.shape)
 
+  def dtype(self) -> str:
+    """'bfloat16' or 'float16' when all its tensors are stored so (as most published LLMs are), else 'float32'."""
+    codes = sorted({info.dtype for info in self.tensors.values()})
+    if codes == ['BF16'] or codes == ['F16']:
+      return jnp.dtype(DTYPES[codes[0]]).name
+    return 'float32'
+
   def prefix(self, suffix: str) -> str:
     """The shortest prefix under which a tensor named `suffix` lies ('model.encoder.' for 'conv1.weight')."""
     found = sorted((name[:-len(suffix)] for name in self.tensors if name.endswith(suffix)), key=len)
@@ -243,8 +250,10 @@ def place(ckpt: Checkpoint, names: list[str], layout: Layout, shape: tuple[int, 
   def read(index: tuple[slice, ...]) -> np.ndarray:
     if not stacked:
       return np.asarray(layout.to_ours(ckpt.read(names[0]), shape)[index], target.dtype)
-    return np.stack([np.asarray(layout.to_ours(ckpt.read(name), shape)[index[1:]], target.dtype)
-                     for name in names[index[0]]])
+    out = np.empty([len(range(*s.indices(n))) for s, n in zip(index, target.shape)], target.dtype)
+    for row, name in enumerate(names[index[0]]):  # each layer's file mapping is released after its copy
+      out[row] = layout.to_ours(ckpt.read(name), shape)[index[1:]]
+    return out
 
   return jax.make_array_from_callback(target.shape, sharding, read)
 
@@ -394,17 +403,6 @@ def checkpoint_config(kind: str, hf_dir: str) -> dict[str, Any]:
   raise ValueError(f'unknown component {kind!r}; choose from {COMPONENTS}')
 
 
-def check_config(kind: str, hf_dir: str, cfg: ml_collections.ConfigDict) -> None:
-  """Fails naming each config.model.<kind> key whose value differs from what the checkpoint needs."""
-  bad = []
-  for key, value in checkpoint_config(kind, hf_dir).items():
-    ours = cfg[key].to_dict() if isinstance(cfg[key], ml_collections.ConfigDict) else cfg[key]
-    if ours != value:
-      bad.append(f'config.model.{kind}.{key}={ours!r} (checkpoint: {value!r})')
-  if bad:
-    raise ValueError(f'config.model.{kind}.init_from={hf_dir}: set {"; ".join(bad)}')
-
-
 def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh | None, rules: Any) -> dict:
   """Target shardings of a module's params: by their logical axes on `mesh`, or one device without a mesh."""
   if mesh is None:
@@ -528,8 +526,6 @@ def save_llm(model: LLM, out_dir: str, *, dtype: str = 'float32',
   The directory is written under a temporary name beside out_dir and renamed when complete, so
   a failed export leaves nothing half-written; out_dir must not exist yet.
   """
-  if os.path.exists(out_dir):
-    raise FileExistsError(f'{out_dir} already exists; export into a new directory')
   target = jnp.dtype(dtype)
   if target not in DTYPE_CODES:
     raise ValueError(f'unsupported export dtype {dtype!r}; choose from {sorted(str(d) for d in DTYPE_CODES)}')
@@ -544,13 +540,27 @@ def save_llm(model: LLM, out_dir: str, *, dtype: str = 'float32',
     else:
       tensors.append((name, layout.hf_shape(value.shape),
                       functools.partial(export_tensor, value, None, layout)))
+
+  def write(tmp: str) -> None:
+    write_safetensors(os.path.join(tmp, 'model.safetensors'), tensors, target)
+    with open(os.path.join(tmp, 'config.json'), 'w') as f:
+      json.dump(hf_llm_config(model, params, str(target), max_position_embeddings), f, indent=2)
+
+  write_directory(out_dir, write)
+
+
+def write_directory(out_dir: str, write: Callable[[str], None]) -> None:
+  """Runs write(tmp) on a temporary directory beside out_dir, then renames it to out_dir.
+
+  A failed write leaves nothing behind; out_dir must not exist yet.
+  """
+  if os.path.exists(out_dir):
+    raise FileExistsError(f'{out_dir} already exists; write into a new directory')
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(out_dir))}.', dir=parent)
   try:
-    write_safetensors(os.path.join(tmp, 'model.safetensors'), tensors, target)
-    with open(os.path.join(tmp, 'config.json'), 'w') as f:
-      json.dump(hf_llm_config(model, params, str(target), max_position_embeddings), f, indent=2)
+    write(tmp)
     os.rename(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -9,12 +9,13 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mer_jax.interop import hf
+from mer_jax.interop import weights
 from mer_jax.models import lora
 from mer_jax.models.mer import MERModel
 from mer_jax.train import sharding
 
-# Parts of the model that config.model.<name>.init_from can initialise from a Hugging Face checkpoint.
+# Parts of the model that config.model.<name>.init_from can initialise from a Hugging Face checkpoint
+# directory or a converted (Orbax) one.
 PRETRAINED = ('llm', 'audio', 'vision')
 
 
@@ -41,8 +42,8 @@ def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rul
   Each set config.model.<name>.init_from (name in PRETRAINED) is checked against the config here.
   """
   pretrained = {name: config.model[name].init_from for name in PRETRAINED if config.model[name].init_from}
-  for name, hf_dir in pretrained.items():
-    hf.check_config(name, hf_dir, config.model[name])
+  for name, path in pretrained.items():
+    weights.check_config(name, path, config.model[name])
   factory = model_factory(config, vocab_size)
   graphdef, abstract_params, abstract_rest = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
   specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
@@ -87,9 +88,9 @@ def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardi
 
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     state = jax.jit(init, out_shardings=shardings)()
-  for name, hf_dir in parts.pretrained.items():
-    loaded = hf.load_component(name, hf_dir, lora.without_adapters(parts.abstract_params[name]),
-                               lora.without_adapters(shardings['params'][name]))
+  for name, path in parts.pretrained.items():
+    loaded = weights.load_params(name, path, lora.without_adapters(parts.abstract_params[name]),
+                                 lora.without_adapters(shardings['params'][name]))
     state['params'][name] = lora.with_adapters(loaded, state['params'][name])
   return state
 
