@@ -51,6 +51,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
+  # Answers carry the dataset's reasons (label first: ' <label>. <reason>'; see data/text.py). Overriding
+  # it also lengthens data.seq_len and eval.max_new_tokens below, unless those are set explicitly.
+  explanations = ml_collections.FieldReference(False)
+
   c.data = ml_collections.ConfigDict()
   c.data.dir = 'runs/demo/data'          # a prepared dataset (mer-jax prepare --out)
   c.data.tokenizer = ''                  # '' = <model.llm.init_from>/tokenizer.json if any, else <data.dir>/tokenizer.json
@@ -58,7 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train_split = 'train'
   c.data.val_fraction = 0.1              # validation carved from the train split
   c.data.max_transcript_tokens = 24
-  c.data.seq_len = 64
+  c.data.explanations = explanations
+  c.data.seq_len = 64 + 48 * explanations.to_int()  # 64; 112 with explanations (the demo's answers reach 47)
   c.data.shuffle_seed = 0
   c.data.worker_threads = 2
 
@@ -113,6 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.llm.qkv_bias = False
   c.model.llm.tie_embeddings = False
   c.model.llm.init_from = ''             # a Hugging Face LLaMA/Qwen2 dir (its architecture must match the above)
+  # (any init_from may also be a `mer-jax convert` output: restored with Orbax onto the mesh's shardings)
 
   # LoRA adapters on the LLM's projections (q k v o gate up down); rank 0 = off. With adapters on and
   # 'llm' left out of train.trainable, only the adapters of the LLM train (its base weights stay frozen).
@@ -136,7 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64 if not tiny else 4
-  c.eval.max_new_tokens = 6
+  c.eval.max_new_tokens = 6 + 42 * explanations.to_int()  # 6; 48 with explanations
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                       # -1: all remaining devices

@@ -1,4 +1,4 @@
-"""Command-line entry: mer-jax {synth,prepare,train,evaluate,predict,bench,describe,sweep,convert} [flags]."""
+"""Command-line entry: mer-jax {synth,prepare,train,evaluate,predict,bench,describe,sweep,convert,export} [flags]."""
 
 import json
 import os
@@ -9,15 +9,17 @@ from ml_collections import ConfigDict, config_flags
 
 from mer_jax import config_check
 
-COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert')
+COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert', 'export')
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/demo.py:modalities=audio.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: config.json, checkpoints/, TensorBoard events, eval/.')
-flags.DEFINE_string('out', None, 'Output directory (synth, prepare, convert).')
+flags.DEFINE_string('out', None, 'Output directory (synth, prepare, convert, export; evaluate --bundle: '
+                    'where reports go, default <bundle>/eval).')
 flags.DEFINE_string('raw', None, 'Raw dataset directory (prepare).')
-flags.DEFINE_string('format', 'mer2023', 'Raw dataset layout (prepare).')
+flags.DEFINE_string('format', 'mer2023', 'Raw dataset layout (prepare). For export: bundle (an inference '
+                    'bundle, the default there) or hf (the LLM backbone, LoRA merged, as a transformers directory).')
 flags.DEFINE_integer('num_clips', 1000, 'Number of synthetic clips (synth).')
 flags.DEFINE_integer('seed', 0, 'Seed of the synthetic dataset (synth).')
 flags.DEFINE_integer('num_frames', 4, 'Frames sampled evenly from each clip (prepare, bench).')
@@ -33,7 +35,11 @@ flags.DEFINE_enum('what', 'decode', ['decode', 'import'], 'What to benchmark (be
 flags.DEFINE_string('hf', None, 'A Hugging Face checkpoint directory (convert, bench --what import).')
 flags.DEFINE_enum('component', 'llm', ['llm', 'audio', 'vision'], 'Which model part the checkpoint holds (convert).')
 flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Parameter dtype to load the LLM in '
-                  '(bench --what import).')
+                  '(bench --what import); the exported weights\' dtype (export).')
+flags.DEFINE_string('bundle', None, 'An inference bundle written by `mer-jax export`, instead of --workdir '
+                    '(predict, evaluate).')
+flags.DEFINE_string('data', None, 'Prepared dataset to evaluate a bundle on (evaluate --bundle; default: the '
+                    'data.dir of the bundle\'s config).')
 flags.DEFINE_float('random_gb', 0.0, 'First write a random LLaMA-shaped bfloat16 checkpoint of about this many '
                    'GB into --hf, which must not exist (bench --what import).')
 flags.DEFINE_integer('iterations', 10, 'Timed calls per measurement, after one compiling call (bench).')
@@ -122,13 +128,22 @@ def run_train() -> None:
   train(FLAGS.config, FLAGS.workdir)
 
 
+def require_model(command: str) -> None:
+  """Fails with a usage message unless exactly one of --workdir and --bundle is given."""
+  if (FLAGS.workdir is None) == (FLAGS.bundle is None):
+    raise app.UsageError(f'mer-jax {command} needs exactly one of --workdir DIR and --bundle DIR')
+
+
 def run_evaluate() -> None:
   """mer-jax evaluate --workdir DIR --split S: writes eval/report_S.{json,md} and the confusion PNG."""
   from mer_jax.eval.evaluate import evaluate
   from mer_jax.eval.report import summary_table
   from mer_jax.train.checkpoint import Checkpointer
   from mer_jax.train.experiment import Experiment
-  require('evaluate', 'workdir')
+  require_model('evaluate')
+  if FLAGS.bundle is not None:
+    run_evaluate_bundle()
+    return
   config = load_run_config(FLAGS.workdir)
   experiment = Experiment(config)
   checkpointer = Checkpointer(os.path.join(FLAGS.workdir, 'checkpoints'), config.train.keep_checkpoints)
@@ -140,6 +155,23 @@ def run_evaluate() -> None:
   report = evaluate(experiment, state['params'], FLAGS.split, out_dir)
   checkpointer.close()
   print(f'checkpoint step {step}; report in {out_dir}/report_{FLAGS.split}.json')
+  print(summary_table(report))
+
+
+def run_evaluate_bundle() -> None:
+  """mer-jax evaluate --bundle DIR [--data DIR] [--out DIR] --split S: the same report for an exported bundle."""
+  from mer_jax import export
+  from mer_jax.eval.evaluate import evaluate
+  from mer_jax.eval.report import summary_table
+  try:
+    data_dir = FLAGS.data or export.read_bundle_config(FLAGS.bundle).data.dir
+    predictor = export.load_bundle(FLAGS.bundle, data_dir)
+  except (OSError, ValueError) as error:
+    raise app.UsageError(str(error)) from error
+  out_dir = FLAGS.out or os.path.join(FLAGS.bundle, 'eval')
+  report = evaluate(predictor.experiment, predictor.params, FLAGS.split, out_dir)
+  print(f'bundle {FLAGS.bundle} (checkpoint step {predictor.experiment.step}) on {data_dir}; '
+        f'report in {out_dir}/report_{FLAGS.split}.json')
   print(summary_table(report))
 
 
@@ -188,29 +220,30 @@ def run_describe() -> None:
   from mer_jax.data.pipeline import tokenizer_path
   from mer_jax.data.text import TextTokenizer
   from mer_jax.train.describe import describe, format_report
+  from mer_jax.train.experiment import Experiment
   require('describe', 'config')
   config = FLAGS.config
-  vocab_size = config.model.llm.vocab_size or TextTokenizer(tokenizer_path(config)).vocab_size
+  vocab_size = (config.model.llm.vocab_size or Experiment.pretrained_vocab_size(config)
+                or TextTokenizer(tokenizer_path(config)).vocab_size)
   print(format_report(describe(config, vocab_size)))
 
 
 def run_predict(clips: list[str]) -> None:
-  """mer-jax predict CLIP.mp4 [...] --workdir DIR [--json]: scored label, answer and valence per clip."""
+  """mer-jax predict CLIP.mp4 [...] --workdir DIR | --bundle DIR [--json]: scored label, answer and valence per clip."""
   from mer_jax.eval import predict
-  require('predict', 'workdir')
+  require_model('predict')
   if not clips:
-    raise app.UsageError('usage: mer-jax predict CLIP.mp4 [CLIP2.mp4 ...] --workdir DIR [--json] '
+    raise app.UsageError('usage: mer-jax predict CLIP.mp4 [CLIP2.mp4 ...] --workdir DIR | --bundle DIR [--json] '
                          '[--transcript TEXT | --transcripts FILE.csv]')
   if FLAGS.transcript is not None and FLAGS.transcripts is not None:
     raise app.UsageError('mer-jax predict takes --transcript or --transcripts, not both')
-  config = load_run_config(FLAGS.workdir)
   try:
     transcripts = predict.read_transcripts(FLAGS.transcripts) if FLAGS.transcripts else {}
   except (OSError, ValueError) as error:
     raise app.UsageError(f'--transcripts: {error}') from error
   sentences = predict.clip_sentences(clips, FLAGS.transcript, transcripts)
   try:
-    results, step = predict.predict_files(config, FLAGS.workdir, clips, sentences)
+    results, step = predict_clip_files(clips, sentences)
   except FileNotFoundError as error:
     raise app.UsageError(str(error)) from error
   if FLAGS.json:
@@ -221,6 +254,31 @@ def run_predict(clips: list[str]) -> None:
     print(predict.format_table(results))
   if step is None:
     sys.exit('error: no clip could be predicted')
+
+
+def predict_clip_files(clips: list[str], sentences: list[str]) -> tuple[list[dict], int | None]:
+  """predict's results and checkpoint step, from the --bundle or the --workdir run's latest checkpoint."""
+  from mer_jax.eval import predict
+  if FLAGS.bundle is not None:
+    from mer_jax import export
+    return predict.predict_with(export.read_preprocessing(FLAGS.bundle), clips, sentences,
+                                lambda: export.bundle_predictor(FLAGS.bundle))
+  return predict.predict_files(load_run_config(FLAGS.workdir), FLAGS.workdir, clips, sentences)
+
+
+def run_export() -> None:
+  """mer-jax export --workdir DIR --out OUT [--format bundle|hf] [--dtype D]: an inference bundle or HF directory."""
+  from mer_jax import export
+  require('export', 'workdir', 'out')
+  fmt = FLAGS.format if FLAGS['format'].present else 'bundle'
+  try:
+    described = export.export(FLAGS.workdir, FLAGS.out, fmt, FLAGS.dtype)
+  except (OSError, ValueError) as error:
+    raise app.UsageError(str(error)) from error
+  merged = ', LoRA merged' if described['lora_merged'] else ''
+  print(f"wrote the {fmt} export of {described['source']} (checkpoint step {described['step']}, "
+        f"{described['dtype']}{merged}) to {os.path.abspath(FLAGS.out)}: "
+        f"{export.directory_bytes(FLAGS.out):,} bytes")
 
 
 def run_sweep() -> None:
@@ -257,7 +315,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
   {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
    'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'sweep': run_sweep,
-   'convert': run_convert}[argv[1]]()
+   'convert': run_convert, 'export': run_export}[argv[1]]()
 
 
 

@@ -8,10 +8,10 @@ import torch
 import transformers
 from flax import nnx
 
-from mer_jax.interop import hf
+from mer_jax.interop import hf, weights
 from mer_jax.models import lora
 from mer_jax.models.layers import Dense
-from mer_jax.train.experiment import ModelSetup
+from mer_jax.train.experiment import Experiment, ModelSetup
 from mer_jax.train.optim import PARAM_GROUPS, make_optimizer, parameter_counts
 from mer_jax.train.random_batch import random_batch
 from tests.test_step import VOCAB, step_config
@@ -165,3 +165,14 @@ def test_lora_dropout_applies_only_with_a_key():
   x = jnp.ones((3, 8))
   np.testing.assert_array_equal(adapter(x), adapter(x))
   assert not np.allclose(adapter(x), adapter(x, jax.random.key(0)))
+
+
+def test_vocab_size_comes_from_the_pretrained_llm(llama_dir, tmp_path):
+  config = pretrained_lora_config(llama_dir[0])
+  config.model.llm.vocab_size = 0
+  assert Experiment.pretrained_vocab_size(config) == VOCAB
+  converted = str(tmp_path / 'converted')
+  weights.convert(llama_dir[0], converted)
+  assert weights.llm_vocab_size(converted) == VOCAB
+  config.model.llm.init_from = ''
+  assert Experiment.pretrained_vocab_size(config) == 0

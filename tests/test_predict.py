@@ -23,18 +23,25 @@ def mer_jax(*args: str) -> subprocess.CompletedProcess:
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+def train_tiny_run(data_dir: str, workdir: str, **lora):
+  """Trains the tiny config 2 steps into workdir, config.model.lora updated by `lora`; saves config.json, returns it."""
+  config = demo.get_config('variant=tiny')
+  config.data.dir = data_dir
+  config.train.steps = 2
+  config.train.eval_every = 0
+  config.model.lora.update(lora)
+  train(config, workdir)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json())
+  return config
+
+
 @pytest.fixture(scope='module')
 def run(prepared_tiny, tmp_path_factory):
   """A tiny run trained 2 steps, two real clips, a zero-byte mp4 and a missing path."""
   root = tmp_path_factory.mktemp('predict')
-  config = demo.get_config('variant=tiny')
-  config.data.dir = prepared_tiny
-  config.train.steps = 2
-  config.train.eval_every = 0
   workdir = str(root / 'run')
-  train(config, workdir)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json())
+  config = train_tiny_run(prepared_tiny, workdir)
   raw = os.path.join(os.path.dirname(prepared_tiny), 'raw')
   video = os.path.join(raw, 'video')
   real = [os.path.join(video, name) for name in sorted(os.listdir(video))[:2]]

@@ -99,6 +99,7 @@ def test_dataset_info(raw_dir, prepared):
     assert entry['files'] == [f'{split}-{i:05d}-of-{num_shards:05d}.array_record' for i in range(num_shards)]
     valences = [float(rows[n]['valence']) for n in names]
     assert entry['valence_mean'] == pytest.approx(np.mean(valences))
+    assert entry['with_reason'] == entry['count']
   assert sorted(os.listdir(out)) == sorted(
       ['dataset_info.json', 'tokenizer.json'] + [f for e in info['splits'].values() for f in e['files']])
   assert os.listdir(os.path.dirname(out)) == ['data']
@@ -124,6 +125,7 @@ def test_records_hold_the_clips_in_name_order(raw_dir, prepared):
     for e in examples:
       row = rows[e['name']]
       assert e['label'] == row['discrete'] and e['sentence'] == row['sentence']
+      assert e['reason'] == synthetic.planted_cues(e['label'], e['sentence'])['description']
       assert e['valence'] == float(row['valence'])
       assert e['audio'].dtype == np.int16 and e['audio'].shape == (32000,)
       assert e['frames'].dtype == np.uint8 and e['frames'].shape == (4, 48, 48, 3)
@@ -228,6 +230,34 @@ def test_reader_splits_sentences_and_extensions(tmp_path, caplog):
   assert [c.sentence for c in read_records(str(tmp_path))] == ['', 'Hello, there.', '']
 
 
+def write_labels_with_reasons(raw: str) -> None:
+  """A train label CSV with a reason column (one reason given, one empty) and a test label CSV without."""
+  write_csv(os.path.join(raw, 'train-label.csv'), ['name', 'discrete', 'valence', 'reason'],
+            [['a', 'happy', '0.5', 'She smiles warmly.'], ['b', 'sad', '-0.5', '']])
+  write_csv(os.path.join(raw, 'test-label.csv'), ['name', 'discrete', 'valence'], [['c', 'angry', '-0.6']])
+
+
+def test_reasons_from_label_column_and_reason_file(tmp_path):
+  write_labels_with_reasons(str(tmp_path))
+  assert [c.reason for c in read_records(str(tmp_path))] == ['', 'She smiles warmly.', '']
+  write_csv(str(tmp_path / 'reason.csv'), ['name', 'reason'], [['c', ' He shouts. '], ['b', 'Her voice breaks.']])
+  assert [(c.name, c.reason) for c in read_records(str(tmp_path))] == [
+      ('c', 'He shouts.'), ('a', 'She smiles warmly.'), ('b', 'Her voice breaks.')]
+
+
+@pytest.mark.parametrize('header, rows, error', [
+    (['name', 'text'], [['a', 'x']], "reason.csv: missing required column\\(s\\) \\['reason'\\]"),
+    (['name', 'reason'], [['b', 'x'], ['zzz', 'y']], "reason.csv, line 3: name 'zzz' is in no \\*-label.csv file"),
+    (['name', 'reason'], [['b', 'x'], ['b', 'y']], "reason.csv, line 3: duplicate name 'b'"),
+    (['name', 'reason'], [['a', 'x']], "reason.csv, line 2: 'a' also has a reason in its label CSV"),
+])
+def test_bad_reason_file(tmp_path, header, rows, error):
+  write_labels_with_reasons(str(tmp_path))
+  write_csv(str(tmp_path / 'reason.csv'), header, rows)
+  with pytest.raises(ValueError, match=error):
+    read_records(str(tmp_path))
+
+
 def test_unknown_format_lists_known_ones():
   assert get_reader('mer2023').LABELS == LABELS
   with pytest.raises(ValueError, match="known formats: \\['mer2023'\\]"):
@@ -242,8 +272,10 @@ def test_records_round_trip():
       'frames': np.random.default_rng(0).integers(0, 256, (4, 6, 6, 3), dtype=np.uint8),
       'empty': np.zeros((0, 3), np.float32),
   }
-  decoded = records.decode(records.encode(example))
+  encoded = records.encode(example)
+  decoded = records.decode(encoded)
   assert decoded.keys() == example.keys()
+  assert records.fields(encoded).keys() == {k for k, v in example.items() if not isinstance(v, np.ndarray)}
   for key, value in example.items():
     if isinstance(value, np.ndarray):
       assert decoded[key].dtype == value.dtype and decoded[key].shape == value.shape

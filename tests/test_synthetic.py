@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mer_jax.data import synthetic
+from mer_jax.data.descriptions import CUE_PHRASES
 from mer_jax.data.formats.mer2023 import LABELS
 from mer_jax.data.media import decode_clip
 
@@ -27,6 +28,8 @@ def dataset(tmp_path_factory):
       rows[row['name']] = {**row, 'split': split}
   for row in read_rows(os.path.join(out, 'transcription.csv')):
     rows[row['name']]['sentence'] = row['sentence']
+  for row in read_rows(os.path.join(out, 'reason.csv')):
+    rows[row['name']]['reason'] = row['reason']
   return out, summary, rows
 
 
@@ -119,7 +122,7 @@ def test_same_seed_same_files_and_media(dataset, tmp_path):
   out, _, rows = dataset
   again = str(tmp_path / 'again')
   synthetic.write_dataset(again, num_clips=NUM_CLIPS, seed=3, workers=1)
-  for csv_name in ('train-label.csv', 'test-label.csv', 'transcription.csv'):
+  for csv_name in ('train-label.csv', 'test-label.csv', 'transcription.csv', 'reason.csv'):
     with open(os.path.join(out, csv_name), 'rb') as a, open(os.path.join(again, csv_name), 'rb') as b:
       assert a.read() == b.read()
   for name in rows:
@@ -189,3 +192,24 @@ def test_planted_cues():
   assert {synthetic.planted_cues(label)['face'] for label in ('neutral', 'worried')} == {'flat mouth'}
   with pytest.raises(ValueError, match='valid labels'):
     synthetic.planted_cues('joyful')
+  assert cues['description'] == 'The voice is loud and fast. The face shows a smile. The words name the emotion.'
+  assert plain['description'] == 'The voice is quiet and slow. The face shows a frown. The words name no emotion.'
+
+
+def test_descriptions_name_the_planted_cues(dataset, features):
+  _, _, rows = dataset
+  with open(os.path.join(dataset[0], 'reason.csv')) as f:
+    assert f.readline() == 'name,reason\n'
+  by_phrase: dict[str, list] = {}
+  for name, row in rows.items():
+    label, sentence = row['discrete'], row['sentence']
+    voice, face, text = row['reason'].split('. ')
+    assert voice == CUE_PHRASES['voice'][synthetic.AROUSAL_LEVEL[label]][:-1]
+    assert face == CUE_PHRASES['face'][synthetic.FACE_GROUP[label]][:-1]
+    assert text == CUE_PHRASES['text'][sentence in synthetic.EMOTION_SENTENCES[label]]
+    by_phrase.setdefault(face, []).append(features[name][0])
+    by_phrase.setdefault(voice, []).append(features[name][1])
+  # The phrases describe what the media really show: measured smile and loudness order as the phrases say.
+  smile = {group: np.mean(by_phrase[CUE_PHRASES['face'][group][:-1]]) for group in (-1, 0, 1)}
+  loud = {level: np.mean(by_phrase[CUE_PHRASES['voice'][level][:-1]]) for level in (0, 1, 2)}
+  assert smile[-1] < smile[0] < smile[1] and loud[0] < loud[1] < loud[2]

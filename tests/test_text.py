@@ -67,3 +67,47 @@ def test_parse_label(tokenizer):
   assert builder.parse_label(tokenizer.encode(' Happy') + [tokenizer.eos_id]) == 'happy'
   assert builder.parse_label(tokenizer.encode(' joyful') + [tokenizer.eos_id]) is None
   assert builder.parse_label(tokenizer.encode(' happy sad')) is None
+
+
+REASON = 'The voice is steady. The face shows a smile. The words name no emotion.'
+
+
+def test_answer_round_trip_without_explanations(tokenizer):
+  builder = text.PromptBuilder(tokenizer, layout(), LABELS)
+  answer = builder.answer_ids('happy', REASON)
+  assert answer == builder.answers[2] == tokenizer.encode(' happy') + [tokenizer.eos_id]
+  example = builder.build('I am so happy today.', answer)
+  generated = example['tokens'][int(example['answer_start']):].tolist()
+  assert builder.answer_text(generated) == 'happy'
+  assert builder.parse_label(generated) == 'happy' and builder.explanation_text(generated) == ''
+
+
+def test_answer_round_trip_with_explanations(tokenizer):
+  builder = text.PromptBuilder(tokenizer, layout(seq_len=128), LABELS, explanations=True)
+  answer = builder.answer_ids('happy', REASON)
+  # Label first: the scoring candidate is the exact prefix of the training answer, then the reason and EOS.
+  assert builder.answers[2] == tokenizer.encode(' happy.')
+  assert answer[:len(builder.answers[2])] == builder.answers[2] and answer[-1] == tokenizer.eos_id
+  example = builder.build('I am so happy today.', answer)
+  start = int(example['answer_start'])
+  assert example['loss_mask'].sum() == len(answer)
+  generated = example['tokens'][start:].tolist()
+  assert builder.answer_text(generated) == 'happy. ' + REASON
+  assert builder.parse_label(generated) == 'happy'
+  assert builder.explanation_text(generated) == REASON
+  assert builder.answer_ids('sad', '  ') == tokenizer.encode(' sad.') + [tokenizer.eos_id]
+
+
+@pytest.mark.parametrize('answer, label, explanation', [
+    (' Sad. The face shows a frown.', 'sad', 'The face shows a frown.'),
+    (' happy', 'happy', ''),
+    (' The face shows a smile. happy.', None, 'happy.'),
+    (' joyful. The voice is steady.', None, 'The voice is steady.'),
+    (' happy sad. The voice is steady.', None, 'The voice is steady.'),
+    ('', None, ''),
+])
+def test_parse_label_with_explanations(tokenizer, answer, label, explanation):
+  builder = text.PromptBuilder(tokenizer, layout(seq_len=128), LABELS, explanations=True)
+  generated = tokenizer.encode(answer) + [tokenizer.eos_id] + tokenizer.encode(' angry.')
+  assert builder.parse_label(generated) == label
+  assert builder.explanation_text(generated) == explanation

@@ -87,7 +87,8 @@ def prompt_builder(config: Any, info: dict) -> PromptBuilder:
       seq_len=config.data.seq_len,
   )
   path = tokenizer_path(config)
-  return PromptBuilder(TextTokenizer(path), layout, info['labels'], chat_template(config, path))
+  return PromptBuilder(TextTokenizer(path), layout, info['labels'], chat_template(config, path),
+                       explanations=config.data.get('explanations', False))
 
 
 class Featurizer:
@@ -101,7 +102,8 @@ class Featurizer:
   def __call__(self, raw: bytes) -> dict[str, np.ndarray]:
     record = records.decode(raw)
     label_id = self.label_ids[record['label']]
-    example = self.builder.build(record['sentence'], self.builder.answers[label_id])
+    answer = self.builder.answer_ids(record['label'], record.get('reason', ''))
+    example = self.builder.build(record['sentence'], answer)
     example['label'] = np.int32(label_id)
     example['valence'] = np.float32(record['valence'])
     if 'audio' in self.modalities:
@@ -143,6 +145,12 @@ def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0
   dataset = dataset.map(featurizer).batch(batch_size, drop_remainder=True)
   read_options = grain.ReadOptions(num_threads=config.data.worker_threads, prefetch_buffer_size=4)
   return dataset.to_iter_dataset(read_options)
+
+
+def split_fields(config: Any, info: dict, split: str) -> list[dict]:
+  """The JSON fields (name, label, sentence, reason, ...) of a split's records, in eval_batches' order."""
+  source = open_split(config.data, info, split)
+  return [records.fields(source[i]) for i in range(len(source))]
 
 
 def eval_batches(config: Any, info: dict, split: str, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:

@@ -61,6 +61,7 @@ class _SplitWriter:
     self.count = 0
     self.label_counts = {label: 0 for label in labels}
     self.valence_sum = 0.0
+    self.with_reason = 0
     self.skipped: list[dict[str, str]] = []
 
   def write(self, clip: ClipRecord, audio: np.ndarray, frames: np.ndarray) -> None:
@@ -71,10 +72,11 @@ class _SplitWriter:
       self.writer = ArrayRecordWriter(self.paths[-1], WRITER_OPTIONS)
     self.writer.write(records.encode({
         'name': clip.name, 'label': clip.label, 'valence': clip.valence, 'sentence': clip.sentence,
-        'audio': audio, 'frames': frames}))
+        'reason': clip.reason, 'audio': audio, 'frames': frames}))
     self.count += 1
     self.label_counts[clip.label] += 1
     self.valence_sum += clip.valence
+    self.with_reason += bool(clip.reason)
 
   def skip(self, clip: ClipRecord, reason: str) -> None:
     """Records a clip whose media cannot be used."""
@@ -99,6 +101,7 @@ class _SplitWriter:
         'files': files,
         'label_counts': self.label_counts,
         'valence_mean': self.valence_sum / self.count if self.count else None,
+        'with_reason': self.with_reason,
         'skipped': self.skipped,
     }
 

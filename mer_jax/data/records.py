@@ -31,14 +31,23 @@ def encode(example: dict) -> bytes:
   return b''.join([MAGIC, _HEADER_LENGTH.pack(len(header)), header, *blobs])
 
 
-def decode(raw: bytes) -> dict:
-  """Inverse of `encode`: JSON fields as Python values, arrays as writable numpy arrays."""
+def _header(raw: bytes) -> tuple[dict, int]:
+  """An encoded example's JSON header and the offset where its array bytes start."""
   if raw[:len(MAGIC)] != MAGIC:
     raise ValueError('not an encoded example: bad magic bytes')
   start = len(MAGIC) + _HEADER_LENGTH.size
   (header_length,) = _HEADER_LENGTH.unpack_from(raw, len(MAGIC))
-  header = json.loads(raw[start:start + header_length])
-  body = start + header_length
+  return json.loads(raw[start:start + header_length]), start + header_length
+
+
+def fields(raw: bytes) -> dict:
+  """The JSON fields of an encoded example, without reading its arrays."""
+  return dict(_header(raw)[0]['fields'])
+
+
+def decode(raw: bytes) -> dict:
+  """Inverse of `encode`: JSON fields as Python values, arrays as writable numpy arrays."""
+  header, body = _header(raw)
   example = dict(header['fields'])
   for spec in header['arrays']:
     dtype = np.dtype(spec['dtype'])

@@ -22,6 +22,10 @@ flat+low=neutral, frown+high=angry, frown+low=sad; each alone leaves a pair conf
 a per-label mean (happy .7, surprise .4, neutral 0, worried -.3, angry -.6, sad -.7) plus
 N(0, .1), clipped to [-1, 1]. Labels are balanced, splits stratified, and everything is seeded:
 the same seed gives identical CSVs and identical decoded media.
+
+reason.csv (name,reason) holds each clip's description of the cues really planted in it, made of
+the fixed phrases of mer_jax.data.descriptions, e.g. "The voice is loud and fast. The face shows a
+smile. The words name no emotion."
 """
 
 import csv
@@ -33,7 +37,8 @@ import time
 import av
 import numpy as np
 
-from mer_jax.data.formats.mer2023 import LABELS
+from mer_jax.data.descriptions import describe
+from mer_jax.data.formats.mer2023 import LABELS, REASON_FILE
 
 SAMPLE_RATE = 16000
 VALENCE_MEANS = {'neutral': 0.0, 'angry': -0.6, 'happy': 0.7, 'sad': -0.7, 'worried': -0.3, 'surprise': 0.4}
@@ -83,7 +88,7 @@ NEUTRAL_SENTENCES = (
 
 
 def planted_cues(label: str, sentence: str = '') -> dict[str, str]:
-  """The cues the synthetic data plants for `label` (face, voice, and whether the text names it)."""
+  """The cues the synthetic data plants for `label` (face, voice, whether the text names it) and their description."""
   if label not in FACE_GROUP:
     raise ValueError(f'unknown label {label!r}; valid labels: {list(LABELS)}')
   named = sentence in EMOTION_SENTENCES[label]
@@ -92,6 +97,7 @@ def planted_cues(label: str, sentence: str = '') -> dict[str, str]:
       'face': FACE_CUES[FACE_GROUP[label]],
       'voice': VOICE_CUES[AROUSAL_LEVEL[label]],
       'text': f'transcript names the emotion: "{sentence}"' if named else 'transcript carries no emotion cue',
+      'description': describe(AROUSAL_LEVEL[label], FACE_GROUP[label], named),
   }
 
 
@@ -265,7 +271,7 @@ def _write_csv(path: str, header: list[str], rows: list[list]) -> None:
 
 def write_dataset(out_dir: str, num_clips: int = 1000, seed: int = 0, test_fraction: float = 0.2,
                   duration_s: float = 2.0, fps: int = 10, size: int = 96, workers: int = 2) -> dict:
-  """Writes `num_clips` synthetic clips plus label and transcript CSVs to `out_dir`; returns a summary."""
+  """Writes `num_clips` synthetic clips plus label, transcript and reason CSVs to `out_dir`; returns a summary."""
   start = time.perf_counter()
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(
       os.path.join(out_dir, 'train-label.csv')):
@@ -291,6 +297,8 @@ def write_dataset(out_dir: str, num_clips: int = 1000, seed: int = 0, test_fract
     _write_csv(os.path.join(out_dir, f'{split}-label.csv'), ['name', 'discrete', 'valence'], rows)
   _write_csv(os.path.join(out_dir, 'transcription.csv'), ['name', 'sentence'],
              [[c['name'], c['sentence']] for c in clips])
+  _write_csv(os.path.join(out_dir, REASON_FILE), ['name', 'reason'],
+             [[c['name'], planted_cues(c['label'], c['sentence'])['description']] for c in clips])
   named = sum(c['sentence'] in EMOTION_SENTENCES[c['label']] for c in clips)
   return {
       'out_dir': os.path.abspath(out_dir),

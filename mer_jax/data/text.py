@@ -23,6 +23,7 @@ AUDIO_HEADER = 'Audio:'
 VIDEO_HEADER = ' Video:'
 TRANSCRIPT_HEADER = ' Transcript:'
 QUESTION = ' Question: Which emotion does the person express? Answer:'
+LABEL_END = '.'  # with explanations on, ends the answer's label and precedes the reason
 
 
 def build_tokenizer(texts: list[str], out_path: str, vocab_size: int = 800) -> None:
@@ -90,15 +91,25 @@ class PromptLayout:
 
 
 class PromptBuilder:
-  """Builds fixed-length token sequences: prompt (with soft-token slots) + answer + padding."""
+  """Builds fixed-length token sequences: prompt (with soft-token slots) + answer + padding.
+
+  The answer is ' <label>' + EOS. With explanations on, the label comes first and the reason
+  follows: ' <label>.' + ' <reason>' + EOS (' <label>.' + EOS for a clip without a reason), e.g.
+  ' happy. The voice is steady. The face shows a smile. The words name no emotion.'.
+  `answers` holds each label's scoring candidate, the ids that name it at the start of every
+  answer (`label_answer`): ' <label>' + EOS, or ' <label>.' with explanations on. Because the
+  label is the answer's first part, scoring a candidate right after the prompt is exactly what
+  training teaches, with explanations on or off, and needs no generated explanation.
+  """
 
   def __init__(self, tokenizer: TextTokenizer, layout: PromptLayout, labels: list[str],
-               chat_template: chat.ChatTemplate | None = None):
+               chat_template: chat.ChatTemplate | None = None, explanations: bool = False):
     self.tokenizer = tokenizer
     self.layout = layout
     self.chat_template = chat_template
+    self.explanations = explanations
     self.labels = list(labels)
-    self.answers = [self.answer_ids(label) for label in self.labels]
+    self.answers = [self.label_answer(label) for label in self.labels]
     longest = max(len(a) for a in self.answers)
     needed = len(self.prompt_ids('')[0]) + layout.max_transcript_tokens + longest
     if needed > layout.seq_len:
@@ -106,9 +117,18 @@ class PromptBuilder:
           f'data.seq_len={layout.seq_len} is too short: the prompt, {layout.max_transcript_tokens} '
           f'transcript tokens and the longest answer need {needed}')
 
-  def answer_ids(self, label: str) -> list[int]:
-    """The answer's ids: the label word then EOS."""
+  def label_answer(self, label: str) -> list[int]:
+    """The ids naming `label` first in every answer (its scoring candidate): ' <label>' + EOS, or ' <label>.'."""
+    if self.explanations:
+      return self.tokenizer.encode(f' {label}{LABEL_END}')
     return self.tokenizer.encode(' ' + label) + [self.tokenizer.eos_id]
+
+  def answer_ids(self, label: str, reason: str = '') -> list[int]:
+    """The training answer: `label_answer(label)`, then with explanations on ' <reason>' (if any) and EOS."""
+    if not self.explanations:
+      return self.label_answer(label)
+    reason_ids = self.tokenizer.encode(' ' + reason.strip()) if reason.strip() else []
+    return self.label_answer(label) + reason_ids + [self.tokenizer.eos_id]
 
   def prompt_ids(self, sentence: str) -> tuple[list[int], list[int]]:
     """Prompt ids (soft-token slots hold the pad id) and the soft-token positions, audio first.
@@ -161,10 +181,23 @@ class PromptBuilder:
       generated = generated[:generated.index(self.tokenizer.eos_id)]
     return self.tokenizer.decode(generated).strip()
 
+  def _label_and_explanation(self, generated: list[int]) -> tuple[str, str]:
+    """A generated answer's label text and explanation (see parse_label)."""
+    text = self.answer_text(generated)
+    if not self.explanations:
+      return text, ''
+    label, _, explanation = text.partition(LABEL_END)
+    return label, explanation.strip()
+
   def parse_label(self, generated: list[int]) -> str | None:
     """The label a generated answer names, or None when it is no known label.
 
-    The text up to the first EOS, stripped and lower-cased, must equal a label exactly.
+    The label text is the answer's text up to the first EOS, or with explanations on the part of
+    it before the first '.'; stripped and lower-cased, it must equal a label exactly.
     """
-    text = self.answer_text(generated).lower()
-    return text if text in self.labels else None
+    label = self._label_and_explanation(generated)[0].strip().lower()
+    return label if label in self.labels else None
+
+  def explanation_text(self, generated: list[int]) -> str:
+    """The generated explanation: the answer's text after the label's '.', stripped ('' with explanations off)."""
+    return self._label_and_explanation(generated)[1]

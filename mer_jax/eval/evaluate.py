@@ -9,7 +9,7 @@ import numpy as np
 import tqdm
 
 from mer_jax.data import pipeline
-from mer_jax.eval import metrics, report as report_lib
+from mer_jax.eval import cues, metrics, report as report_lib
 from mer_jax.eval.generate import jit_generate
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.step import answer_token_log_probs
@@ -61,12 +61,21 @@ class Predictor:
             'generated': np.asarray(generated)}
 
 
+def reference_fields(config: Any, info: dict, split: str, explanations: bool) -> dict[str, np.ndarray]:
+  """The split's clip names and, for a model that explains (data.explanations), its reference reasons, in order."""
+  fields = pipeline.split_fields(config, info, split)
+  out = {'names': np.asarray([f['name'] for f in fields])}
+  if explanations:
+    out['reasons'] = np.asarray([f.get('reason', '') for f in fields])
+  return out
+
+
 def predict_split(predictor: Predictor, split: str, progress: bool = True) -> dict[str, Any]:
-  """Predictions for every example of `split`, in order."""
+  """Predictions for every example of `split`, in order, with the clip names (and reasons, see reference_fields)."""
   exp = predictor.experiment
   config = exp.config
-  parts: dict[str, list] = {'true': [], 'scored': [], 'generated': [], 'texts': [], 'valence_true': [],
-                            'valence_pred': []}
+  parts: dict[str, list] = {'true': [], 'scored': [], 'generated': [], 'texts': [], 'explanations': [],
+                            'valence_true': [], 'valence_pred': []}
   batches = pipeline.eval_batches(config, exp.info, split, config.eval.batch_size)
   for batch, valid in tqdm.tqdm(batches, desc=f'evaluate {split}', disable=not progress, unit='batch'):
     out = predictor.predict(batch)
@@ -78,7 +87,9 @@ def predict_split(predictor: Predictor, split: str, progress: bool = True) -> di
       label = exp.builder.parse_label(tokens.tolist())
       parts['generated'].append(metrics.INVALID if label is None else exp.labels.index(label))
       parts['texts'].append(exp.builder.answer_text(tokens.tolist()))
-  return {k: np.asarray(v) for k, v in parts.items()}
+      parts['explanations'].append(exp.builder.explanation_text(tokens.tolist()))
+  predictions = {k: np.asarray(v) for k, v in parts.items()}
+  return {**predictions, **reference_fields(config, exp.info, split, exp.builder.explanations)}
 
 
 def classification_report(true: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -96,11 +107,32 @@ def classification_report(true: np.ndarray, pred: np.ndarray, labels: list[str])
   }
 
 
+def open_vocabulary_report(true: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, float]:
+  """Set precision, recall, F and hit rate of the generated labels under the default grouping file.
+
+  Each reference is the set of its one label; a generated answer is the set of the label it names,
+  or the empty set when it is invalid (precision 0, never mapped to a label).
+  """
+  grouping = metrics.EmotionGrouping.load()
+  true_labels = [labels[i] for i in true]
+  pred_sets = [[] if i == metrics.INVALID else [labels[i]] for i in pred]
+  return {**metrics.set_scores([[label] for label in true_labels], pred_sets, grouping),
+          'hit_rate': metrics.hit_rate(true_labels, pred_sets, grouping)}
+
+
+def generated_samples(predictions: dict[str, np.ndarray], labels: list[str], count: int = 10) -> list[dict[str, str]]:
+  """The first `count` examples' clip name, true label and generated answer."""
+  rows = zip(predictions['names'][:count], predictions['true'][:count], predictions['texts'][:count])
+  return [{'name': str(name), 'label': labels[true], 'generated': str(text)} for name, true, text in rows]
+
+
 def build_report(predictions: dict[str, np.ndarray], labels: list[str], train_valence_mean: float,
                  split: str) -> dict[str, Any]:
-  """The evaluation report: scored (headline) and generated classification, valence MSE and CCC.
+  """The report: scored (headline) and generated classification, valence, open vocabulary, explanations, samples.
 
   Each classification also carries the MER2023 combined score, its WAF - 0.25 * valence MSE.
+  'explanations' (token F1 and cue accuracy, see eval/cues.py) is None unless `predictions` holds
+  reference reasons (a model trained with data.explanations) and some are non-empty.
   """
   valence_mse = metrics.mse(predictions['valence_true'], predictions['valence_pred'])
   kinds = {kind: classification_report(predictions['true'], predictions[kind], labels)
@@ -119,7 +151,10 @@ def build_report(predictions: dict[str, np.ndarray], labels: list[str], train_va
                                             np.full(len(predictions['valence_true']), train_valence_mean)),
           'train_mean': train_valence_mean,
       },
-      'generated_samples': predictions['texts'][:10].tolist(),
+      'open_vocabulary': open_vocabulary_report(predictions['true'], predictions['generated'], labels),
+      'explanations': (cues.explanation_scores(predictions['reasons'].tolist(), predictions['explanations'].tolist())
+                       if 'reasons' in predictions else None),
+      'generated_samples': generated_samples(predictions, labels),
   }
 
 
@@ -127,8 +162,7 @@ def evaluate(experiment: Experiment, params: Any, split: str, out_dir: str | Non
              progress: bool = True) -> dict[str, Any]:
   """Evaluates `params` on `split`; writes report.json, report.md and the confusion PNG to `out_dir`."""
   predictions = predict_split(Predictor(experiment, params), split, progress)
-  train_mean = experiment.info['splits'][experiment.config.data.train_split]['valence_mean']
-  report = build_report(predictions, experiment.labels, float(train_mean), split)
+  report = build_report(predictions, experiment.labels, experiment.train_valence_mean, split)
   if out_dir is not None and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f'report_{split}.json'), 'w') as f:

@@ -3,7 +3,7 @@
 import dataclasses
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -128,11 +128,22 @@ def predict_files(config: Any, workdir: str, paths: list[str],
 
   The step is None when no file decoded (the model is then not loaded).
   """
-  decoded = decode_clips(paths, sentences, pipeline.load_info(config.data.dir))
+  return predict_with(pipeline.load_info(config.data.dir), paths, sentences,
+                      lambda: restore_predictor(config, workdir))
+
+
+def predict_with(info: dict, paths: list[str], sentences: list[str],
+                 load_predictor: Callable[[], tuple[Predictor, int]]) -> tuple[list[dict[str, Any]], int | None]:
+  """Decodes each file with `info`'s prepare settings and predicts those that decoded -> (results, step).
+
+  load_predictor() gives the Predictor and its checkpoint step (a run's or a bundle's); it is called
+  only when some file decoded, else the step is None.
+  """
+  decoded = decode_clips(paths, sentences, info)
   clips = [item for item in decoded if isinstance(item, Clip)]
   if not clips:
     return merge_results(decoded, []), None
-  predictor, step = restore_predictor(config, workdir)
+  predictor, step = load_predictor()
   return merge_results(decoded, predict_clips(predictor, clips)), step
 
 

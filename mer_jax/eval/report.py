@@ -8,9 +8,38 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mer_jax.data.descriptions import CUE_KINDS  # noqa: E402
+
+
+def _score(value: float | None) -> str:
+  """A score with 4 decimals, or '-' when it is missing."""
+  return '-' if value is None else f'{value:.4f}'
+
+
+def _open_vocabulary_rows(report: dict[str, Any]) -> list[str]:
+  """Set P/R/F and hit rate of the generated labels, when the report has them."""
+  scores = report.get('open_vocabulary')
+  if not scores:
+    return []
+  cells = ' | '.join(_score(scores[key]) for key in ('precision', 'recall', 'f1', 'hit_rate'))
+  return ['', '| open vocabulary (generated) | set precision | set recall | set F | hit rate |',
+          '|---|---|---|---|---|', f"| {report['split']} | {cells} |"]
+
+
+def _explanation_rows(report: dict[str, Any]) -> list[str]:
+  """Token F1 and cue accuracy of the generated explanations, when the report has them."""
+  scores = report.get('explanations')
+  if not scores:
+    return []
+  accuracy = scores['cue_accuracy'] or {}
+  header = ' | '.join(f'cue {kind}' for kind in CUE_KINDS)
+  cells = ' | '.join(_score(accuracy.get(kind)) for kind in (*CUE_KINDS, 'all'))
+  return ['', f'| explanations | n | token F1 | {header} | all cues |', '|---|---|---|' + '---|' * (len(CUE_KINDS) + 1),
+          f"| {report['split']} | {scores['count']} | {_score(scores['token_f1'])} | {cells} |"]
+
 
 def summary_table(report: dict[str, Any]) -> str:
-  """The headline numbers as markdown tables: one row per prediction kind, then valence."""
+  """The headline numbers as markdown tables: prediction kinds, valence, then open vocabulary and explanations."""
   valence = report['valence']
   rows = ['| split | n | predictions | ACC (= WAR) | WAF | macro F1 | UAR | invalid | MER2023 score |',
           '|---|---|---|---|---|---|---|---|---|']
@@ -20,19 +49,33 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"{r['macro_f1']:.4f} | {r['uar']:.4f} | {r['invalid']} | {r['mer2023_score']:.4f} |")
   rows += ['', '| valence MSE | valence CCC | mean-predictor MSE |', '|---|---|---|',
            f"| {valence['mse']:.4f} | {valence['ccc']:.4f} | {valence['mean_predictor_mse']:.4f} |"]
-  return '\n'.join(rows)
+  return '\n'.join(rows + _open_vocabulary_rows(report) + _explanation_rows(report))
+
+
+def _sample_rows(report: dict[str, Any]) -> list[str]:
+  """The report's sample answers as a markdown table."""
+  rows = ['', '## Sample generated answers', '', '| clip | true label | generated |', '|---|---|---|']
+  for sample in report['generated_samples']:
+    generated = sample['generated'].replace('|', '\\|')
+    rows.append(f"| {sample['name']} | {sample['label']} | {generated} |")
+  return rows
 
 
 def write_markdown(report: dict[str, Any], path: str) -> None:
-  """Writes the summary table and per-class scores (scored predictions) as markdown."""
+  """Writes the summary tables, per-class scores (scored predictions) and sample answers as markdown."""
   lines = [f"# Evaluation on split `{report['split']}`", '', summary_table(report), '',
            'Scored: each label ranked by length-normalised answer log-likelihood (headline). '
            'Generated: greedy decoding; an answer that is no known label is invalid and counts as wrong. '
-           'MER2023 score: WAF - 0.25 x valence MSE.',
+           'MER2023 score: WAF - 0.25 x valence MSE. '
+           'Open vocabulary: set scores and hit rate of the generated label under the default emotion grouping '
+           '(an invalid answer is the empty set). '
+           'Explanations: word-overlap F1 with the reference reason, and the share of clips whose explanation names '
+           'the planted cue phrase of each kind (all cues: every kind right).',
            '', '| label | precision | recall | F1 | support |', '|---|---|---|---|---|']
   for label, scores in report['scored']['per_class'].items():
     lines.append(f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | "
                  f"{int(scores['support'])} |")
+  lines += _sample_rows(report)
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
 

@@ -88,6 +88,12 @@ def checkpoint_config(kind: str, path: str) -> dict[str, Any]:
   return hf.checkpoint_config(kind, path)
 
 
+def llm_vocab_size(path: str) -> int:
+  """The vocabulary size of the LLM checkpoint at `path` (HF or converted): its embedding table's rows."""
+  config = component_info('llm', path)['hf_config'] if is_converted(path) else hf.read_config(path)
+  return int(hf.llm_config(config).vocab_size)
+
+
 def check_config(kind: str, path: str, cfg: ml_collections.ConfigDict) -> None:
   """Fails naming each config.model.<kind> key whose value differs from what checkpoint `path` needs."""
   bad = []

@@ -78,3 +78,31 @@ def with_adapters(base: Any, full: Any) -> Any:
   if not isinstance(full, dict):
     return base
   return {k: full[k] if k == 'lora' else with_adapters(base[k], full[k]) for k in full}
+
+
+def merged_kernel(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+  """kernel + scale * A B in the kernel's dtype, computed in float32; leading (stacked-layer) axes are batched.
+
+  kernel is [*lead, *in, *out], A [*lead, *in, rank] and B [*lead, rank, *out], as LoRA holds them.
+  """
+  lead = a.ndim + b.ndim - 2 - kernel.ndim
+  lead_shape, rank = kernel.shape[:lead], a.shape[-1]
+  a_matrix = a.astype(jnp.float32).reshape(*lead_shape, -1, rank)
+  b_matrix = b.astype(jnp.float32).reshape(*lead_shape, rank, -1)
+  update = jnp.matmul(a_matrix, b_matrix, precision=jax.lax.Precision.HIGHEST).reshape(kernel.shape)
+  return (kernel.astype(jnp.float32) + scale * update).astype(kernel.dtype)
+
+
+def merge_adapters(tree: Any, lora_config: Any) -> Any:
+  """A nested param dict with every adapter folded into its projection's kernel (and removed).
+
+  The merged model computes W x + (alpha / rank) * B (A x) as one projection, so it needs no
+  adapters (config.model.lora.rank = 0); it differs from the unmerged one by float rounding only.
+  """
+  if not isinstance(tree, dict):
+    return tree
+  merged = {k: merge_adapters(v, lora_config) for k, v in tree.items() if k != 'lora'}
+  if 'lora' in tree:
+    scale = lora_config.alpha / lora_config.rank
+    merged['kernel'] = merged_kernel(tree['kernel'], tree['lora']['a'], tree['lora']['b'], scale)
+  return merged

@@ -16,6 +16,11 @@ def unused_path(path: str) -> str:
   return candidate
 
 
+def failure_reason(error: Exception) -> str:
+  """The error's type and the start of its first line, for one-line reports."""
+  return f'{type(error).__name__}: {str(error).splitlines()[0][:200]}'
+
+
 class Checkpointer:
   """Saves {state, data iterator} asynchronously every N steps, keeping the newest `keep`."""
 
@@ -44,8 +49,7 @@ class Checkpointer:
       except Exception as error:  # Orbax raises many types for unreadable files.
         damaged = os.path.join(self.directory, str(step))
         aside = unused_path(f'{damaged}.damaged')
-        reason = f'{type(error).__name__}: {str(error).splitlines()[0][:200]}'
-        print(f'WARNING: checkpoint {damaged} is damaged ({reason}); moved to {aside}; '
+        print(f'WARNING: checkpoint {damaged} is damaged ({failure_reason(error)}); moved to {aside}; '
               'trying the previous checkpoint', flush=True)
         if jax.process_index() == 0:
           os.rename(damaged, aside)
@@ -55,3 +59,28 @@ class Checkpointer:
   def close(self) -> None:
     """Finishes pending saves and releases the manager."""
     self.manager.close()
+
+
+def restore_latest_params(directory: str, abstract_params: Any) -> tuple[int, Any] | None:
+  """(step, params) of the newest checkpoint in `directory` whose params restore; None when none does.
+
+  Only the params are read (no optimizer state), onto the shardings of `abstract_params`. The
+  directory is opened read-only: a step that fails is reported and skipped, never moved.
+  """
+  if not os.path.isdir(directory):
+    return None
+  options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=('state', 'data'))
+  item = {'params': abstract_params}
+  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return step, manager.restore(step, args=args)['state']['params']
+      except Exception as error:  # Orbax raises many types for unreadable files.
+        print(f'WARNING: checkpoint {directory}/{step} does not restore ({failure_reason(error)}); '
+              'trying the previous checkpoint', flush=True)
+    return None
+  finally:
+    manager.close()

@@ -6,6 +6,7 @@ import jax
 import optax
 
 from mer_jax.data import pipeline
+from mer_jax.interop import weights
 from mer_jax.train import sharding, state as state_lib
 from mer_jax.train.optim import make_optimizer
 from mer_jax.train.step import make_forward, make_train_step
@@ -48,16 +49,29 @@ class ModelSetup:
 class Experiment(ModelSetup):
   """A model setup plus the prepared dataset, prompts and labels it trains and evaluates on."""
 
-  def __init__(self, config: Any, devices: list[jax.Device] | None = None):
-    self.info = pipeline.load_info(config.data.dir)
+  def __init__(self, config: Any, devices: list[jax.Device] | None = None, info: dict | None = None):
+    """`info` is the dataset info (labels, prepare settings, splits); default: config.data.dir's."""
+    self.info = pipeline.load_info(config.data.dir) if info is None else info
     self.builder = pipeline.prompt_builder(config, self.info)
     self.labels: list[str] = list(self.info['labels'])
     tokenizer = self.builder.tokenizer
-    vocab_size = config.model.llm.vocab_size or tokenizer.vocab_size
+    vocab_size = config.model.llm.vocab_size or self.pretrained_vocab_size(config) or tokenizer.vocab_size
     if vocab_size < tokenizer.vocab_size:
-      raise ValueError(f'config.model.llm.vocab_size={vocab_size} is smaller than the tokenizer '
+      source = (f'config.model.llm.init_from={config.model.llm.init_from}' if not config.model.llm.vocab_size
+                else 'config.model.llm.vocab_size')
+      raise ValueError(f'the LLM\'s vocabulary ({vocab_size} ids, {source}) is smaller than the tokenizer '
                        f'{tokenizer.path} ({tokenizer.vocab_size} ids)')
     super().__init__(config, vocab_size, devices)
+
+  @property
+  def train_valence_mean(self) -> float:
+    """The mean valence of the training split: what a constant valence predictor would answer."""
+    return float(self.info['splits'][self.config.data.train_split]['valence_mean'])
+
+  @staticmethod
+  def pretrained_vocab_size(config: Any) -> int:
+    """The vocabulary size of config.model.llm.init_from's checkpoint, 0 when the LLM starts fresh."""
+    return weights.llm_vocab_size(config.model.llm.init_from) if config.model.llm.init_from else 0
 
   def host_shard(self, global_batch_size: int) -> tuple[int, int, int]:
     """(data shard index, shard count, examples per host) for this host's place on the mesh."""

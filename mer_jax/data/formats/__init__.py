@@ -20,6 +20,7 @@ class ClipRecord:
   sentence: str
   label: str
   valence: float
+  reason: str = ''  # a description of the clip's emotional cues ('' when the dataset has none)
 
 
 def get_reader(name: str) -> ModuleType:

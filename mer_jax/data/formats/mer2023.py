@@ -1,4 +1,9 @@
-"""Reads the MER2023 layout: <split>-label.csv (name,discrete,valence), transcription.csv, video/."""
+"""Reads the MER2023 layout: <split>-label.csv (name,discrete,valence[,reason]), transcription.csv, reason.csv, video/.
+
+A clip's reason (an EMER/MERR-style description of its emotional cues) comes from an optional
+`reason` column of its label CSV or from an optional reason.csv (name,reason) beside the label
+files; a clip may have it in one place, not both. Clips without one get an empty reason.
+"""
 
 import csv
 import glob
@@ -11,6 +16,8 @@ from mer_jax.data.formats import ClipRecord
 LABELS = ('neutral', 'angry', 'happy', 'sad', 'worried', 'surprise')
 LABEL_COLUMNS = ('name', 'discrete', 'valence')
 TRANSCRIPT_COLUMNS = ('name', 'sentence')
+REASON_FILE = 'reason.csv'
+REASON_COLUMNS = ('name', 'reason')
 VIDEO_EXTENSIONS = ('mp4', 'avi', 'mkv', 'mov')
 LABEL_SUFFIX = '-label.csv'
 
@@ -30,8 +37,8 @@ def read_csv(path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, 
             for row in reader]
 
 
-def _parse_label_csv(path: str) -> list[tuple[str, str, float]]:
-  """(name, label, valence) rows of one label CSV, validated."""
+def _parse_label_csv(path: str) -> list[tuple[str, str, float, str]]:
+  """(name, label, valence, reason) rows of one label CSV, validated; reason is '' without a reason column."""
   rows, seen = [], set()
   for line, row in read_csv(path, LABEL_COLUMNS):
     name, label = row['name'], row['discrete'].lower()
@@ -49,7 +56,7 @@ def _parse_label_csv(path: str) -> list[tuple[str, str, float]]:
     if not math.isfinite(valence):
       raise ValueError(f'{path}, line {line}: valence {row["valence"]!r} is not a finite number')
     seen.add(name)
-    rows.append((name, label, valence))
+    rows.append((name, label, valence, row.get('reason', '')))
   return rows
 
 
@@ -60,6 +67,24 @@ def _sentences(raw_dir: str) -> dict[str, str]:
     logger.warning('%s not found: all transcripts will be empty', path)
     return {}
   return {row['name']: row['sentence'] for _, row in read_csv(path, TRANSCRIPT_COLUMNS)}
+
+
+def _reasons(raw_dir: str, label_reasons: dict[str, str]) -> dict[str, str]:
+  """name -> reason from reason.csv ({} without the file); each name must be labelled and have no reason column value."""
+  path = os.path.join(raw_dir, REASON_FILE)
+  if not os.path.exists(path):
+    return {}
+  reasons: dict[str, str] = {}
+  for line, row in read_csv(path, REASON_COLUMNS):
+    name = row['name']
+    if name not in label_reasons:
+      raise ValueError(f'{path}, line {line}: name {name!r} is in no *{LABEL_SUFFIX} file')
+    if name in reasons:
+      raise ValueError(f'{path}, line {line}: duplicate name {name!r}')
+    if label_reasons[name] and row['reason']:
+      raise ValueError(f"{path}, line {line}: {name!r} also has a reason in its label CSV's reason column")
+    reasons[name] = row['reason']
+  return reasons
 
 
 def _media_path(raw_dir: str, name: str) -> str:
@@ -81,14 +106,17 @@ def read_records(raw_dir: str) -> list[ClipRecord]:
     raise ValueError(f'no *{LABEL_SUFFIX} files in {raw_dir}: is it in the MER2023 layout?')
   splits = {os.path.basename(p)[:-len(LABEL_SUFFIX)]: _parse_label_csv(p) for p in label_files}
   sentences = _sentences(raw_dir)
+  label_reasons = {row[0]: row[3] for rows in splits.values() for row in rows}
+  reasons = _reasons(raw_dir, label_reasons)
   records = []
   without_sentence = 0
   for split, rows in sorted(splits.items()):
-    for name, label, valence in sorted(rows):
+    for name, label, valence, reason in sorted(rows):
       if sentences and name not in sentences:
         without_sentence += 1
       records.append(ClipRecord(split=split, name=name, media_path=_media_path(raw_dir, name),
-                                sentence=sentences.get(name, ''), label=label, valence=valence))
+                                sentence=sentences.get(name, ''), label=label, valence=valence,
+                                reason=reason or reasons.get(name, '')))
   if without_sentence:
     logger.warning('%d clips have no row in transcription.csv: their transcripts are empty', without_sentence)
   return records
