@@ -76,8 +76,12 @@ def check_new(out: str) -> None:
 
 
 def one_host_config(config: ConfigDict, tokenizer: str) -> ConfigDict:
-  """A copy of a run config for inference on this host: no init_from, `tokenizer`, params sharded over its devices."""
+  """A copy of a run config for inference on this host: no init_from, `tokenizer`, params sharded over its devices.
+
+  The LLM's vocabulary size is made explicit first, as it may come from the init_from checkpoint.
+  """
   config = ConfigDict(json.loads(config.to_json()))
+  config.model.llm.vocab_size = config.model.llm.vocab_size or Experiment.pretrained_vocab_size(config)
   for name in PRETRAINED:
     config.model[name].init_from = ''
   config.data.tokenizer = tokenizer

@@ -63,6 +63,7 @@ def test_predict_files_reports_broken_files_and_predicts_the_rest(run):
     assert result['score'] == max(result['scores'].values())
     assert result['answer_valid'] == (result['answer_label'] in labels)
     assert result['answer_label'] is None or result['answer_label'] == result['answer'].lower()
+    assert result['explanation'] == ''  # trained without explanations: the answer is the label alone
   assert results[1] == {'file': run['empty'], 'error': 'empty file (0 bytes)'}
   assert results[2] == {'file': run['missing'], 'error': 'file not found'}
   table = predict.format_table(results)

@@ -33,7 +33,7 @@ def tokenizer_path(config: Any) -> str:
 
 def chat_template(config: Any, tokenizer_file: str) -> chat.ChatTemplate | None:
   """The tokenizer's chat template when config.data.chat_template is 'auto' and it has one; None for 'none'."""
-  choice = config.data.chat_template
+  choice = config.data.get('chat_template', 'auto')  # runs saved before the key existed used no template file
   if choice not in ('auto', 'none'):
     raise ValueError(f"config.data.chat_template={choice!r}; choose 'auto' or 'none'")
   if choice == 'none':

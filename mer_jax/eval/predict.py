@@ -85,7 +85,7 @@ def normalised_scores(scores: np.ndarray) -> np.ndarray:
 
 
 def predict_clips(predictor: Predictor, clips: list[Clip]) -> list[dict[str, Any]]:
-  """Per clip: scored label (headline), normalised scores, answer text, its parsed label, valence."""
+  """Per clip: scored label (headline), normalised scores, answer text, its parsed label and explanation, valence."""
   exp = predictor.experiment
   builder, labels = exp.builder, exp.labels
   results: list[dict[str, Any]] = []
@@ -103,6 +103,7 @@ def predict_clips(predictor: Predictor, clips: list[Clip]) -> list[dict[str, Any
           'score': float(probs[row, best]),
           'scores': {label: float(p) for label, p in zip(labels, probs[row])},
           'answer': builder.answer_text(generated),
+          'explanation': builder.explanation_text(generated),
           'answer_label': answer_label,
           'answer_valid': answer_label is not None,
           'valence': float(out['valence'][row]),
