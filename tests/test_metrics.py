@@ -140,7 +140,8 @@ def test_report_carries_closed_set_and_valence_metrics():
   true = np.array([0, 1, 2, 2])
   predictions = {'true': true, 'scored': np.array([0, 1, 2, 0]), 'generated': np.array([0, metrics.INVALID, 2, 2]),
                  'valence_true': np.array([0.5, -0.5, 1.0, 0.0]), 'valence_pred': np.array([0.4, -0.2, 0.6, 0.1]),
-                 'texts': np.array(['a', 'x', 'c', 'c']), 'names': np.array(['n1', 'n2', 'n3', 'n4'])}
+                 'texts': np.array(['a', 'x', 'c', 'c']), 'label_texts': np.array(['a', 'x', 'c', 'c']),
+                 'names': np.array(['n1', 'n2', 'n3', 'n4'])}
   report = build_report(predictions, ['a', 'b', 'c'], 0.25, 'test')
   mse = metrics.mse(predictions['valence_true'], predictions['valence_pred'])
   assert report['valence']['ccc'] == pytest.approx(metrics.ccc(predictions['valence_true'], predictions['valence_pred']))
@@ -167,17 +168,20 @@ def test_report_open_vocabulary_and_explanations():
       'true': np.array([2, 3, 3, 1]), 'scored': np.array([2, 3, 3, 1]),
       'generated': np.array([2, 3, metrics.INVALID, 3]),
       'valence_true': np.zeros(4), 'valence_pred': np.zeros(4),
-      'texts': np.array(['happy. ' + smile, 'sad. ' + frown, 'glum', 'sad. ' + smile]),
+      'texts': np.array(['happy. ' + smile, 'sad. ' + frown, 'gloomy', 'sad. ' + smile]),
+      'label_texts': np.array(['happy', 'sad', 'gloomy', 'sad']),
       'explanations': np.array([smile, frown, '', smile]),
       'reasons': np.array([smile, frown, frown, 'The face shows a frown.']),
       'names': np.array(['c1', 'c2', 'c3', 'c4'])}
   report = build_report(predictions, labels, 0.0, 'test')
-  # One label per set: the invalid answer is the empty set (P = 0); both grouping levels agree here.
-  assert report['open_vocabulary'] == pytest.approx({'precision': 0.5, 'recall': 0.5, 'f1': 0.5, 'hit_rate': 0.5})
+  # 'gloomy' is no closed-set label (invalid there) but is in the wheel's 'sad' group: an open-vocabulary hit.
+  # c4 answers sad for angry. P = R = 3/4 at both grouping levels.
+  assert report['generated']['invalid'] == 1
+  assert report['open_vocabulary'] == pytest.approx({'precision': 0.75, 'recall': 0.75, 'f1': 0.75, 'hit_rate': 0.75})
   # c1, c2 right on every kind; c3 names nothing; c4's reference names only the face, and it is wrong.
   assert report['explanations']['cue_accuracy'] == pytest.approx(
       {'voice': 2 / 3, 'face': 2 / 4, 'text': 2 / 3, 'all': 2 / 4, 'count': 4})
   assert report['explanations']['count'] == 4
   table = summary_table(report)
-  assert '| test | 0.5000 | 0.5000 | 0.5000 | 0.5000 |' in table
+  assert '| test | 0.7500 | 0.7500 | 0.7500 | 0.7500 |' in table
   assert '| test | 4 |' in table and '| 0.6667 | 0.5000 | 0.6667 | 0.5000 |' in table

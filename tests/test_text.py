@@ -79,7 +79,8 @@ def test_answer_round_trip_without_explanations(tokenizer):
   example = builder.build('I am so happy today.', answer)
   generated = example['tokens'][int(example['answer_start']):].tolist()
   assert builder.answer_text(generated) == 'happy'
-  assert builder.parse_label(generated) == 'happy' and builder.explanation_text(generated) == ''
+  assert builder.parse_label(generated) == 'happy'
+  assert builder.label_and_explanation(generated) == ('happy', '')
 
 
 def test_answer_round_trip_with_explanations(tokenizer):
@@ -94,20 +95,20 @@ def test_answer_round_trip_with_explanations(tokenizer):
   generated = example['tokens'][start:].tolist()
   assert builder.answer_text(generated) == 'happy. ' + REASON
   assert builder.parse_label(generated) == 'happy'
-  assert builder.explanation_text(generated) == REASON
+  assert builder.label_and_explanation(generated) == ('happy', REASON)
   assert builder.answer_ids('sad', '  ') == tokenizer.encode(' sad.') + [tokenizer.eos_id]
 
 
-@pytest.mark.parametrize('answer, label, explanation', [
-    (' Sad. The face shows a frown.', 'sad', 'The face shows a frown.'),
-    (' happy', 'happy', ''),
-    (' The face shows a smile. happy.', None, 'happy.'),
-    (' joyful. The voice is steady.', None, 'The voice is steady.'),
-    (' happy sad. The voice is steady.', None, 'The voice is steady.'),
-    ('', None, ''),
+@pytest.mark.parametrize('answer, label, label_text, explanation', [
+    (' Sad. The face shows a frown.', 'sad', 'Sad', 'The face shows a frown.'),
+    (' happy', 'happy', 'happy', ''),
+    (' The face shows a smile. happy.', None, 'The face shows a smile', 'happy.'),
+    (' joyful. The voice is steady.', None, 'joyful', 'The voice is steady.'),
+    (' happy sad. The voice is steady.', None, 'happy sad', 'The voice is steady.'),
+    ('', None, '', ''),
 ])
-def test_parse_label_with_explanations(tokenizer, answer, label, explanation):
+def test_parse_label_with_explanations(tokenizer, answer, label, label_text, explanation):
   builder = text.PromptBuilder(tokenizer, layout(seq_len=128), LABELS, explanations=True)
   generated = tokenizer.encode(answer) + [tokenizer.eos_id] + tokenizer.encode(' angry.')
   assert builder.parse_label(generated) == label
-  assert builder.explanation_text(generated) == explanation
+  assert builder.label_and_explanation(generated) == (label_text, explanation)

@@ -181,8 +181,12 @@ class PromptBuilder:
       generated = generated[:generated.index(self.tokenizer.eos_id)]
     return self.tokenizer.decode(generated).strip()
 
-  def _label_and_explanation(self, generated: list[int]) -> tuple[str, str]:
-    """A generated answer's label text and explanation (see parse_label)."""
+  def label_and_explanation(self, generated: list[int]) -> tuple[str, str]:
+    """A generated answer's label text (the words it answers with, known label or not) and its explanation.
+
+    The label text is the answer's text up to the first EOS, or with explanations on the part of it
+    before the first '.'; the explanation is the rest, stripped ('' with explanations off).
+    """
     text = self.answer_text(generated)
     if not self.explanations:
       return text, ''
@@ -192,12 +196,8 @@ class PromptBuilder:
   def parse_label(self, generated: list[int]) -> str | None:
     """The label a generated answer names, or None when it is no known label.
 
-    The label text is the answer's text up to the first EOS, or with explanations on the part of
-    it before the first '.'; stripped and lower-cased, it must equal a label exactly.
+    Its label text (see label_and_explanation), stripped and lower-cased, must equal a label exactly.
     """
-    label = self._label_and_explanation(generated)[0].strip().lower()
+    label = self.label_and_explanation(generated)[0].strip().lower()
     return label if label in self.labels else None
 
-  def explanation_text(self, generated: list[int]) -> str:
-    """The generated explanation: the answer's text after the label's '.', stripped ('' with explanations off)."""
-    return self._label_and_explanation(generated)[1]

@@ -74,8 +74,8 @@ def predict_split(predictor: Predictor, split: str, progress: bool = True) -> di
   """Predictions for every example of `split`, in order, with the clip names (and reasons, see reference_fields)."""
   exp = predictor.experiment
   config = exp.config
-  parts: dict[str, list] = {'true': [], 'scored': [], 'generated': [], 'texts': [], 'explanations': [],
-                            'valence_true': [], 'valence_pred': []}
+  parts: dict[str, list] = {'true': [], 'scored': [], 'generated': [], 'texts': [], 'label_texts': [],
+                            'explanations': [], 'valence_true': [], 'valence_pred': []}
   batches = pipeline.eval_batches(config, exp.info, split, config.eval.batch_size)
   for batch, valid in tqdm.tqdm(batches, desc=f'evaluate {split}', disable=not progress, unit='batch'):
     out = predictor.predict(batch)
@@ -87,7 +87,9 @@ def predict_split(predictor: Predictor, split: str, progress: bool = True) -> di
       label = exp.builder.parse_label(tokens.tolist())
       parts['generated'].append(metrics.INVALID if label is None else exp.labels.index(label))
       parts['texts'].append(exp.builder.answer_text(tokens.tolist()))
-      parts['explanations'].append(exp.builder.explanation_text(tokens.tolist()))
+      label_text, explanation = exp.builder.label_and_explanation(tokens.tolist())
+      parts['label_texts'].append(label_text)
+      parts['explanations'].append(explanation)
   predictions = {k: np.asarray(v) for k, v in parts.items()}
   return {**predictions, **reference_fields(config, exp.info, split, exp.builder.explanations)}
 
@@ -107,15 +109,17 @@ def classification_report(true: np.ndarray, pred: np.ndarray, labels: list[str])
   }
 
 
-def open_vocabulary_report(true: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, float]:
-  """Set precision, recall, F and hit rate of the generated labels under the default grouping file.
+def open_vocabulary_report(true: np.ndarray, label_texts: np.ndarray, labels: list[str]) -> dict[str, float]:
+  """Set precision, recall, F and hit rate of the generated answers' emotion words under the default grouping file.
 
-  Each reference is the set of its one label; a generated answer is the set of the label it names,
-  or the empty set when it is invalid (precision 0, never mapped to a label).
+  Each reference is the set of its one label. A generated answer's set is the words of its label
+  text (metrics.split_labels: 'happy, surprised' is two), whether or not they are closed-set labels:
+  the grouping file, not a fallback, decides which group each word is in ('gloomy' is in 'sad';
+  an unlisted word is its own group and matches nothing). An empty answer is the empty set (P = 0).
   """
   grouping = metrics.EmotionGrouping.load()
   true_labels = [labels[i] for i in true]
-  pred_sets = [[] if i == metrics.INVALID else [labels[i]] for i in pred]
+  pred_sets = [metrics.split_labels(str(text)) for text in label_texts]
   return {**metrics.set_scores([[label] for label in true_labels], pred_sets, grouping),
           'hit_rate': metrics.hit_rate(true_labels, pred_sets, grouping)}
 
@@ -151,7 +155,7 @@ def build_report(predictions: dict[str, np.ndarray], labels: list[str], train_va
                                             np.full(len(predictions['valence_true']), train_valence_mean)),
           'train_mean': train_valence_mean,
       },
-      'open_vocabulary': open_vocabulary_report(predictions['true'], predictions['generated'], labels),
+      'open_vocabulary': open_vocabulary_report(predictions['true'], predictions['label_texts'], labels),
       'explanations': (cues.explanation_scores(predictions['reasons'].tolist(), predictions['explanations'].tolist())
                        if 'reasons' in predictions else None),
       'generated_samples': generated_samples(predictions, labels),

@@ -103,7 +103,7 @@ def predict_clips(predictor: Predictor, clips: list[Clip]) -> list[dict[str, Any
           'score': float(probs[row, best]),
           'scores': {label: float(p) for label, p in zip(labels, probs[row])},
           'answer': builder.answer_text(generated),
-          'explanation': builder.explanation_text(generated),
+          'explanation': builder.label_and_explanation(generated)[1],
           'answer_label': answer_label,
           'answer_valid': answer_label is not None,
           'valence': float(out['valence'][row]),
