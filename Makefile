@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO := runs/demo
 MODALITIES := audio video text
 
-.PHONY: demo test ablations clean-demo
+.PHONY: demo test ablations explanations clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ ablations: $(STAMP) $(DEMO)/data/dataset_info.json
 	    --workdir $(DEMO)/$$m && \
 	  $(BIN)/mer-jax evaluate --workdir $(DEMO)/$$m --split test || exit 1; \
 	done
+
+explanations: $(STAMP) $(DEMO)/data/dataset_info.json
+	$(BIN)/mer-jax train --config configs/demo.py --config.data.dir=$(DEMO)/data --config.data.explanations=True \
+	  --workdir $(DEMO)/explain
+	$(BIN)/mer-jax evaluate --workdir $(DEMO)/explain --split test
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
