@@ -549,6 +549,13 @@ def save_llm(model: LLM, out_dir: str, *, dtype: str = 'float32',
   write_directory(out_dir, write)
 
 
+def _umask() -> int:
+  """The process's file-mode creation mask."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def write_directory(out_dir: str, write: Callable[[str], None]) -> None:
   """Runs write(tmp) on a temporary directory beside out_dir, then renames it to out_dir.
 
@@ -561,6 +568,7 @@ def write_directory(out_dir: str, write: Callable[[str], None]) -> None:
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(out_dir))}.', dir=parent)
   try:
     write(tmp)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result gets a normal directory's mode
     os.rename(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -69,7 +69,7 @@ def restore_latest_params(directory: str, abstract_params: Any) -> tuple[int, An
   """
   if not os.path.isdir(directory):
     return None
-  options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+  options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0)
   manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=('state', 'data'))
   item = {'params': abstract_params}
   args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
