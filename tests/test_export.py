@@ -43,6 +43,9 @@ def run(prepared_tiny, tmp_path_factory):
 def test_bundle_holds_what_inference_needs(run, prepared_tiny):
   assert sorted(os.listdir(run['f32'])) == ['bundle.json', 'config.json', 'model.safetensors',
                                             'preprocessing.json', 'tokenizer.json']
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(run['f32']).st_mode & 0o777 == 0o777 & ~umask  # not the temporary directory's private mode
   with open(os.path.join(run['f32'], 'bundle.json')) as f:
     assert json.load(f) == {'step': 2, 'dtype': 'float32', 'source': run['workdir'], 'lora_merged': True}
   info = pipeline.load_info(prepared_tiny)
