@@ -19,7 +19,6 @@ differ from the unmerged model's by float rounding only.
 import functools
 import json
 import os
-import shutil
 from typing import Any
 
 from flax import nnx, traverse_util
@@ -27,9 +26,9 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from mer_jax.data import pipeline, prepare
+from mer_jax.data import chat, pipeline, prepare
 from mer_jax.eval.evaluate import Predictor
-from mer_jax.interop import hf, weights
+from mer_jax.interop import hf
 from mer_jax.models import lora
 from mer_jax.models.llm import LLM
 from mer_jax.train import checkpoint
@@ -69,12 +68,6 @@ def check_dtype(dtype: str) -> None:
     raise ValueError(f'unsupported export dtype {dtype!r}; choose from {DTYPES}')
 
 
-def check_new(out: str) -> None:
-  """Refuses to export over an existing path (checked before the checkpoint is read)."""
-  if os.path.exists(out):
-    raise FileExistsError(f'{out} already exists; remove it or export into a new directory')
-
-
 def one_host_config(config: ConfigDict, tokenizer: str) -> ConfigDict:
   """A copy of a run config for inference on this host: no init_from, `tokenizer`, params sharded over its devices.
 
@@ -100,16 +93,6 @@ def restore_run(workdir: str) -> tuple[Experiment, int, dict]:
     raise FileNotFoundError(f'no usable checkpoint in {directory}')
   step, params = restored
   return experiment, step, params
-
-
-def copy_tokenizer(tokenizer: str, out_dir: str) -> None:
-  """Copies the tokenizer to out_dir/tokenizer.json, with the special-token and chat-template files beside it."""
-  shutil.copy(tokenizer, os.path.join(out_dir, prepare.TOKENIZER_FILE))
-  source_dir = os.path.dirname(tokenizer)
-  for name in weights.TOKENIZER_FILES:
-    path = os.path.join(source_dir, name)
-    if name != prepare.TOKENIZER_FILE and os.path.exists(path):
-      shutil.copy(path, out_dir)
 
 
 def stored_layout(shape: tuple[int, ...]) -> hf.Layout:
@@ -152,7 +135,7 @@ def export_bundle(workdir: str, out: str, dtype: str = 'bfloat16') -> dict:
   Reads the run's prepared dataset info and tokenizer. `out` must not exist; it appears complete or not at all.
   """
   check_dtype(dtype)
-  check_new(out)
+  hf.refuse_existing(out)  # before the checkpoint is read
   experiment, step, params = restore_run(workdir)
   config = experiment.config
   manifest = describe_export(workdir, step, dtype, config)
@@ -162,7 +145,7 @@ def export_bundle(workdir: str, out: str, dtype: str = 'bfloat16') -> dict:
     write_json(os.path.join(tmp, CONFIG_FILE), bundle_config(config, dtype))
     write_json(os.path.join(tmp, PREPROCESSING_FILE), preprocessing(experiment))
     write_json(os.path.join(tmp, BUNDLE_FILE), manifest)
-    copy_tokenizer(config.data.tokenizer, tmp)
+    chat.copy_tokenizer(config.data.tokenizer, tmp)
 
   hf.write_directory(out, write)
   return manifest
@@ -185,18 +168,14 @@ def export_hf(workdir: str, out: str, dtype: str = 'bfloat16') -> dict:
   biases). `out` must not exist; it appears complete or not at all.
   """
   check_dtype(dtype)
-  check_new(out)
+  hf.refuse_existing(out)  # before the checkpoint is read
   experiment, step, params = restore_run(workdir)
   config = experiment.config
   llm = backbone(config.model, lora.merge_adapters(params['llm'], config.model.lora))
 
   def write(tmp: str) -> None:
-    staged = os.path.join(tmp, 'llm')
-    hf.save_llm(llm, staged, dtype=dtype)
-    for name in os.listdir(staged):
-      os.rename(os.path.join(staged, name), os.path.join(tmp, name))
-    os.rmdir(staged)
-    copy_tokenizer(config.data.tokenizer, tmp)
+    hf.write_llm(llm, tmp, dtype=dtype)
+    chat.copy_tokenizer(config.data.tokenizer, tmp)
 
   hf.write_directory(out, write)
   return describe_export(workdir, step, dtype, config)

@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 
 import jinja2
 import jinja2.ext
@@ -17,6 +18,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 CONFIG_FILE = 'tokenizer_config.json'
 TEMPLATE_FILE = 'chat_template.jinja'
+TOKENIZER_FILE = 'tokenizer.json'
+# Files a pretrained tokenizer.json comes with: special tokens and the chat template.
+COMPANION_FILES = (CONFIG_FILE, 'special_tokens_map.json', TEMPLATE_FILE)
 _CONTENT_MARKER = '\x00mer_jax_prompt\x00'
 
 
@@ -27,6 +31,15 @@ class ChatTemplate:
   prefix: str
   suffix: str
   source: str
+
+
+def copy_tokenizer(tokenizer_file: str, out_dir: str) -> None:
+  """Copies a tokenizer.json to out_dir/tokenizer.json, with the companion files that lie beside it."""
+  shutil.copyfile(tokenizer_file, os.path.join(out_dir, TOKENIZER_FILE))
+  source_dir = os.path.dirname(os.path.abspath(tokenizer_file))
+  for name in COMPANION_FILES:
+    if os.path.exists(os.path.join(source_dir, name)):
+      shutil.copyfile(os.path.join(source_dir, name), os.path.join(out_dir, name))
 
 
 def special_tokens(tokenizer_dir: str) -> dict[str, str]:

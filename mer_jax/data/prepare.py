@@ -20,7 +20,7 @@ from mer_jax.data.formats import ClipRecord, get_reader
 from mer_jax.data.media import MediaError, decode_clip
 
 INFO_FILE = 'dataset_info.json'
-TOKENIZER_FILE = 'tokenizer.json'
+TOKENIZER_FILE = chat.TOKENIZER_FILE
 WRITER_OPTIONS = 'group_size:1'
 
 # A decoded clip (audio, frames), or the reason its media cannot be used.
@@ -129,11 +129,7 @@ def _write_tokenizer(path: str, tokenizer_path: str | None, clips: list[ClipReco
                      labels: tuple[str, ...]) -> None:
   """Copies the given tokenizer.json (with the special tokens and chat template beside it), or trains one."""
   if tokenizer_path:
-    shutil.copyfile(tokenizer_path, path)
-    for name in (chat.CONFIG_FILE, chat.TEMPLATE_FILE):
-      beside = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), name)
-      if os.path.exists(beside):
-        shutil.copyfile(beside, os.path.join(os.path.dirname(path), name))
+    chat.copy_tokenizer(tokenizer_path, os.path.dirname(path))
     return
   from mer_jax.data.text import build_tokenizer
   build_tokenizer([clip.sentence for clip in clips if clip.sentence] + list(labels), path)

@@ -67,8 +67,8 @@ def write_markdown(report: dict[str, Any], path: str) -> None:
            'Scored: each label ranked by length-normalised answer log-likelihood (headline). '
            'Generated: greedy decoding; an answer that is no known label is invalid and counts as wrong. '
            'MER2023 score: WAF - 0.25 x valence MSE. '
-           'Open vocabulary: set scores and hit rate of the generated label under the default emotion grouping '
-           '(an invalid answer is the empty set). '
+           'Open vocabulary: set scores and hit rate of the emotion words each generated answer gives (closed-set '
+           'label or not) under the default emotion grouping; an empty answer is the empty set. '
            'Explanations: word-overlap F1 with the reference reason, and the share of clips whose explanation names '
            'the planted cue phrase of each kind (all cues: every kind right).',
            '', '| label | precision | recall | F1 | support |', '|---|---|---|---|---|']

@@ -526,6 +526,12 @@ def save_llm(model: LLM, out_dir: str, *, dtype: str = 'float32',
   The directory is written under a temporary name beside out_dir and renamed when complete, so
   a failed export leaves nothing half-written; out_dir must not exist yet.
   """
+  write_directory(out_dir, lambda tmp: write_llm(model, tmp, dtype=dtype,
+                                                 max_position_embeddings=max_position_embeddings))
+
+
+def write_llm(model: LLM, directory: str, *, dtype: str = 'float32', max_position_embeddings: int = 4096) -> None:
+  """Writes `model`'s config.json and model.safetensors (in `dtype`) into an existing `directory`."""
   target = jnp.dtype(dtype)
   if target not in DTYPE_CODES:
     raise ValueError(f'unsupported export dtype {dtype!r}; choose from {sorted(str(d) for d in DTYPE_CODES)}')
@@ -541,12 +547,9 @@ def save_llm(model: LLM, out_dir: str, *, dtype: str = 'float32',
       tensors.append((name, layout.hf_shape(value.shape),
                       functools.partial(export_tensor, value, None, layout)))
 
-  def write(tmp: str) -> None:
-    write_safetensors(os.path.join(tmp, 'model.safetensors'), tensors, target)
-    with open(os.path.join(tmp, 'config.json'), 'w') as f:
-      json.dump(hf_llm_config(model, params, str(target), max_position_embeddings), f, indent=2)
-
-  write_directory(out_dir, write)
+  write_safetensors(os.path.join(directory, 'model.safetensors'), tensors, target)
+  with open(os.path.join(directory, 'config.json'), 'w') as f:
+    json.dump(hf_llm_config(model, params, str(target), max_position_embeddings), f, indent=2)
 
 
 def _umask() -> int:
@@ -556,13 +559,18 @@ def _umask() -> int:
   return mask
 
 
+def refuse_existing(out_dir: str) -> None:
+  """Fails when out_dir exists: outputs are written whole into a new directory, never over an old one."""
+  if os.path.exists(out_dir):
+    raise FileExistsError(f'{out_dir} already exists; remove it or write into a new directory')
+
+
 def write_directory(out_dir: str, write: Callable[[str], None]) -> None:
   """Runs write(tmp) on a temporary directory beside out_dir, then renames it to out_dir.
 
   A failed write leaves nothing behind; out_dir must not exist yet.
   """
-  if os.path.exists(out_dir):
-    raise FileExistsError(f'{out_dir} already exists; write into a new directory')
+  refuse_existing(out_dir)
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(out_dir))}.', dir=parent)

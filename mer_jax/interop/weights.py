@@ -8,7 +8,6 @@ it with Orbax straight onto the target shardings, each host reading only its own
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,11 +16,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from mer_jax.data import chat
 from mer_jax.interop import hf
 
 CONVERTED_FILE = 'converted.json'
 PARAMS_DIR = 'params'
-TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja')
 LOADERS: dict[str, Callable[..., nnx.Module]] = {
   'llm': hf.load_llm, 'audio': hf.load_whisper_encoder, 'vision': hf.load_clip_vision}
 
@@ -64,9 +63,9 @@ def convert(hf_dir: str, out_dir: str, component: str = 'llm') -> dict[str, Any]
       checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
     with open(os.path.join(tmp, CONVERTED_FILE), 'w') as f:
       json.dump(info, f, indent=2)
-    for name in TOKENIZER_FILES if component == 'llm' else ():
-      if os.path.exists(os.path.join(hf_dir, name)):
-        shutil.copy(os.path.join(hf_dir, name), tmp)
+    tokenizer = os.path.join(hf_dir, chat.TOKENIZER_FILE)
+    if component == 'llm' and os.path.exists(tokenizer):
+      chat.copy_tokenizer(tokenizer, tmp)
 
   hf.write_directory(out_dir, write)
   return info
