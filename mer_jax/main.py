@@ -1,4 +1,4 @@
-"""Command-line entry: mer-jax {synth,prepare,train,evaluate,predict,bench,describe,sweep,convert,export} [flags]."""
+"""Command-line entry: mer-jax {synth,prepare,show,train,evaluate,predict,bench,describe,sweep,convert,export} [flags]."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from ml_collections import ConfigDict, config_flags
 
 from mer_jax import config_check
 
-COMMANDS = ('synth', 'prepare', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert', 'export')
+COMMANDS = ('synth', 'prepare', 'show', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert', 'export')
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/demo.py:modalities=audio.',
@@ -26,7 +26,8 @@ flags.DEFINE_integer('num_frames', 4, 'Frames sampled evenly from each clip (pre
 flags.DEFINE_integer('frame_size', 48, 'Frame height and width after resizing (prepare).')
 flags.DEFINE_float('duration', 2.0, 'Seconds of audio kept per clip, trimmed or padded (prepare, bench).')
 flags.DEFINE_string('tokenizer', None, "A pretrained LLM's tokenizer.json; default trains one on the data (prepare).")
-flags.DEFINE_string('split', 'test', 'Split to evaluate: a prepared split, or val (evaluate).')
+flags.DEFINE_string('split', 'test', 'Split to evaluate or show: a prepared split (TFDS slices such as test[:10%] '
+                    'allowed), or val (evaluate).')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for a multi-process job '
                     '(SLURM and TPU pods are detected without it).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in the job (with --coordinator_address).')
@@ -38,15 +39,23 @@ flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Parameter dtype
                   '(bench --what import); the exported weights\' dtype (export).')
 flags.DEFINE_string('bundle', None, 'An inference bundle written by `mer-jax export`, instead of --workdir '
                     '(predict, evaluate).')
-flags.DEFINE_string('data', None, 'Prepared dataset to evaluate a bundle on (evaluate --bundle; default: the '
-                    'data.dir of the bundle\'s config).')
+flags.DEFINE_string('data', None, 'A prepared dataset: to show (show), or to evaluate a run or bundle on '
+                    '(evaluate; default: the data.dir of the run\'s or the bundle\'s config).')
 flags.DEFINE_float('random_gb', 0.0, 'First write a random LLaMA-shaped bfloat16 checkpoint of about this many '
                    'GB into --hf, which must not exist (bench --what import).')
 flags.DEFINE_integer('iterations', 10, 'Timed calls per measurement, after one compiling call (bench).')
-flags.DEFINE_bool('json', False, 'Print one JSON document instead of a table (predict).')
+flags.DEFINE_bool('json', False, 'Print one JSON document instead of a table (predict, show).')
 flags.DEFINE_string('transcript', None, 'Transcript given to every clip\'s prompt (predict).')
 flags.DEFINE_string('transcripts', None, 'CSV with name,sentence columns; name is the clip file name without '
                     'extension (predict).')
+flags.DEFINE_string('label_map', None, 'Label map of the raw dataset (prepare --format iemocap: iemocap4, the default, '
+                    'or iemocap6).')
+flags.DEFINE_enum('language', 'english', ['english', 'chinese'], 'Transcript language (prepare --format '
+                  'mer2024/mer2025).')
+flags.DEFINE_string('wheels', None, 'Emotion-wheel folder (wheel1..5.xlsx, synonym.xlsx, format.csv) for '
+                    'open-vocabulary scores as the MER2025 OV track computes them (evaluate).')
+flags.DEFINE_string('suite', None, 'A suite file listing datasets and splits to evaluate one run on (evaluate).')
+flags.DEFINE_integer('limit', None, 'Show at most this many examples (show).')
 flags.DEFINE_bool('print', False, 'Print one `mer-jax train` command per point instead of running them (sweep).')
 
 
@@ -102,16 +111,34 @@ def run_synth() -> None:
 
 
 def run_prepare() -> None:
-  """mer-jax prepare --format F --raw DIR --out DIR: decodes clips into ArrayRecord shards."""
+  """mer-jax prepare --format F --raw DIR --out DIR [--label_map M] [--language L]: a TFDS dataset of the clips."""
   from mer_jax.data import prepare
+  from mer_jax.data.formats import ReaderOptions
+  from mer_jax.data.formats.common import FormatError
   require('prepare', 'raw', 'out')
-  info = prepare.prepare_dataset(FLAGS.format, FLAGS.raw, FLAGS.out, num_frames=FLAGS.num_frames,
-                                 frame_size=FLAGS.frame_size, duration_s=FLAGS.duration,
-                                 tokenizer_path=FLAGS.tokenizer)
+  options = ReaderOptions(label_map=FLAGS.label_map or '', language=FLAGS.language)
+  try:
+    info = prepare.prepare_dataset(FLAGS.format, FLAGS.raw, FLAGS.out, num_frames=FLAGS.num_frames,
+                                   frame_size=FLAGS.frame_size, duration_s=FLAGS.duration,
+                                   tokenizer_path=FLAGS.tokenizer, options=options)
+  except (FormatError, OSError) as error:
+    sys.exit(f'error: {error}')
   for split, split_info in info['splits'].items():
     print(f"{split}: {split_info['count']} examples written, {len(split_info['skipped'])} skipped")
     for skipped in split_info['skipped']:
-      print(f"  skipped {skipped['file']}: {skipped['reason']}")
+      print(f"  skipped {skipped['file'] or skipped['name']}: {skipped['reason']}")
+  print(f'dataset in {os.path.abspath(FLAGS.out)} (TFDS: {info["tfds"]})')
+
+
+def run_show() -> None:
+  """mer-jax show --data DIR --split S [--limit N] [--json]: one prepared example a line."""
+  from mer_jax.data import show
+  require('show', 'data')
+  try:
+    rows = show.examples(FLAGS.data, FLAGS.split, FLAGS.limit)
+  except (OSError, ValueError) as error:
+    sys.exit(f'error: {error}')
+  print(show.format_json(rows) if FLAGS.json else show.format_lines(rows))
 
 
 def run_train() -> None:
@@ -313,7 +340,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) != 2 and argv[1] != 'predict'):
     raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
-  {'synth': run_synth, 'prepare': run_prepare, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
+  {'synth': run_synth, 'prepare': run_prepare, 'show': run_show, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
    'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'sweep': run_sweep,
    'convert': run_convert, 'export': run_export}[argv[1]]()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from mer_jax.data import pipeline, records
+from mer_jax.data import pipeline
 from mer_jax.eval.evaluate import evaluate
 from mer_jax.eval.report import summary_table
 from mer_jax.train.checkpoint import Checkpointer
@@ -37,7 +37,7 @@ def test_examples_carry_label_then_reason(config):
   builder = pipeline.prompt_builder(config, info)
   featurizer = pipeline.Featurizer(builder, tuple(config.model.modalities))
   raw = pipeline.open_split(config.data, info, 'test')[0]
-  record, example = records.decode(raw), featurizer(raw)
+  record, example = pipeline.text_fields(raw), featurizer(raw)
   start = int(example['answer_start'])
   answer = example['tokens'][start:].tolist()
   assert builder.answer_text(answer) == f"{record['label']}. {record['reason']}"

@@ -3,7 +3,6 @@
 import csv
 import json
 import logging
-import math
 import os
 import shutil
 
@@ -11,16 +10,18 @@ import av
 import numpy as np
 import pytest
 
-from mer_jax.data import prepare, records, synthetic
+import tensorflow_datasets as tfds
+
+from mer_jax.data import builder, synthetic
 from mer_jax.data.formats import get_reader
-from mer_jax.data.formats.mer2023 import LABELS, read_records
-from mer_jax.data.prepare import prepare_dataset, read_split, split_files
+from mer_jax.data.formats.mer2023 import LABELS, read
+from mer_jax.data.prepare import prepare_dataset
 
 BROKEN = {
     'sample_00002': 'empty file (0 bytes)',
     'sample_00003': 'cannot decode',
     'sample_00004': 'no audio track',
-    'sample_00005': 'file not found',
+    'sample_00005': 'clip not found',
 }
 
 
@@ -57,6 +58,11 @@ def csv_rows(raw_dir: str) -> dict[str, dict[str, str]]:
   return rows
 
 
+def read_records(raw: str) -> list:
+  """The clips the MER2023 reader keeps."""
+  return read(raw).records
+
+
 @pytest.fixture(scope='module')
 def raw_dir(tmp_path_factory) -> str:
   """An 18-clip synthetic dataset with four broken clips (see BROKEN)."""
@@ -73,9 +79,9 @@ def raw_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope='module')
 def prepared(raw_dir, tmp_path_factory) -> tuple[str, dict]:
-  """The raw dataset prepared with two worker processes and 4 records per shard."""
+  """The raw dataset prepared with two worker processes."""
   out = str(tmp_path_factory.mktemp('prepared') / 'data')
-  info = prepare_dataset('mer2023', raw_dir, out, records_per_shard=4, workers=2)
+  info = prepare_dataset('mer2023', raw_dir, out, workers=2)
   return out, info
 
 
@@ -88,20 +94,18 @@ def test_dataset_info(raw_dir, prepared):
   assert info['audio'] == {'sample_rate': 16000, 'num_samples': 32000, 'dtype': 'int16'}
   assert info['frames'] == {'num_frames': 4, 'size': 48, 'dtype': 'uint8'}
   assert info['duration_s'] == 2.0 and info['tokenizer'] == 'tokenizer.json'
-  assert info['options']['records_per_shard'] == 4 and info['options']['tokenizer_path'] is None
+  assert info['tfds'] == 'tfds/mer_jax_mer2023/2.0.0'
+  assert info['options']['workers'] == 2 and info['options']['tokenizer_path'] is None
   rows = csv_rows(raw_dir)
   for split, entry in info['splits'].items():
     names = sorted(n for n, r in rows.items() if r['split'] == split and n not in BROKEN)
-    assert entry['count'] == len(names)
+    assert entry['count'] == entry['labelled'] == entry['with_valence'] == len(names)
     assert sum(entry['label_counts'].values()) == entry['count']
     assert list(entry['label_counts']) == list(LABELS)
-    num_shards = math.ceil(len(names) / 4)
-    assert entry['files'] == [f'{split}-{i:05d}-of-{num_shards:05d}.array_record' for i in range(num_shards)]
     valences = [float(rows[n]['valence']) for n in names]
     assert entry['valence_mean'] == pytest.approx(np.mean(valences))
-    assert entry['with_reason'] == entry['count']
-  assert sorted(os.listdir(out)) == sorted(
-      ['dataset_info.json', 'tokenizer.json'] + [f for e in info['splits'].values() for f in e['files']])
+    assert entry['with_reason'] == entry['count'] and entry['with_openset'] == 0
+  assert sorted(os.listdir(out)) == ['dataset_info.json', 'tfds', 'tokenizer.json']
   assert os.listdir(os.path.dirname(out)) == ['data']
 
 
@@ -110,36 +114,37 @@ def test_broken_media_are_skipped_and_listed(raw_dir, prepared):
   skipped = {s['name']: s for entry in info['splits'].values() for s in entry['skipped']}
   assert sorted(skipped) == sorted(BROKEN)
   for name, reason in BROKEN.items():
-    assert skipped[name]['file'] == os.path.join(os.path.abspath(raw_dir), 'video', f'{name}.mp4')
+    expected = '' if reason == 'clip not found' else os.path.join(os.path.abspath(raw_dir), 'video', f'{name}.mp4')
+    assert skipped[name]['file'] == expected
     assert skipped[name]['reason'].startswith(reason)
   assert sum(entry['count'] for entry in info['splits'].values()) == 18 - len(BROKEN)
 
 
-def test_records_hold_the_clips_in_name_order(raw_dir, prepared):
+def test_tfds_holds_the_clips_in_name_order(raw_dir, prepared):
   out, info = prepared
   rows = csv_rows(raw_dir)
+  builder = tfds.builder_from_directory(os.path.join(out, info['tfds']))
   for split in info['splits']:
-    examples = [records.decode(raw) for raw in read_split(out, split)]
-    assert [e['name'] for e in examples] == sorted(
+    examples = list(builder.as_data_source(split))
+    assert [e['name'].decode() for e in examples] == sorted(
         n for n, r in rows.items() if r['split'] == split and n not in BROKEN)
     for e in examples:
-      row = rows[e['name']]
-      assert e['label'] == row['discrete'] and e['sentence'] == row['sentence']
-      assert e['reason'] == synthetic.planted_cues(e['label'], e['sentence'])['description']
-      assert e['valence'] == float(row['valence'])
+      row = rows[e['name'].decode()]
+      assert e['label'].decode() == row['discrete'] and e['sentence'].decode() == row['sentence']
+      assert e['reason'].decode() == synthetic.planted_cues(row['discrete'], row['sentence'])['description']
+      assert e['valence'] == pytest.approx(float(row['valence']))
       assert e['audio'].dtype == np.int16 and e['audio'].shape == (32000,)
       assert e['frames'].dtype == np.uint8 and e['frames'].shape == (4, 48, 48, 3)
+      assert e['has_video']
 
 
-def test_grain_reads_the_shards(prepared):
-  grain = pytest.importorskip('grain')
+def test_split_slicing_and_data_source(prepared):
   out, info = prepared
-  source = grain.sources.ArrayRecordDataSource(split_files(out, 'train'))
-  assert len(source) == info['splits']['train']['count']
-  last = records.decode(read_split(out, 'train')[-1])
-  assert records.decode(source[len(source) - 1])['name'] == last['name']
-  with pytest.raises(ValueError, match="known splits: \\['test', 'train'\\]"):
-    split_files(out, 'validation')
+  count = info['splits']['train']['count']
+  source = tfds.data_source('mer_jax_mer2023', split='train[:50%]', data_dir=os.path.join(out, 'tfds'))
+  assert len(source) == count // 2
+  full = tfds.builder_from_directory(os.path.join(out, info['tfds'])).as_data_source('train')
+  assert source[0]['name'] == full[0]['name']
 
 
 def test_tokenizer_copy_replaces_an_earlier_dataset(raw_dir, prepared, tmp_path):
@@ -149,7 +154,7 @@ def test_tokenizer_copy_replaces_an_earlier_dataset(raw_dir, prepared, tmp_path)
   with open(tokenizer, 'a') as f:
     f.write('\n')
   target = str(tmp_path / 'again')
-  prepare_dataset('mer2023', raw_dir, target, records_per_shard=100, workers=1)
+  prepare_dataset('mer2023', raw_dir, target, workers=1)
   info = prepare_dataset('mer2023', raw_dir, target, tokenizer_path=tokenizer, workers=1)
   with open(tokenizer, 'rb') as a, open(os.path.join(target, 'tokenizer.json'), 'rb') as b:
     assert a.read() == b.read()
@@ -157,16 +162,27 @@ def test_tokenizer_copy_replaces_an_earlier_dataset(raw_dir, prepared, tmp_path)
   assert sorted(os.listdir(tmp_path)) == ['again', 'tokenizer.json']
 
 
-def test_failed_prepare_leaves_no_dataset(raw_dir, tmp_path, monkeypatch):
-  from mer_jax.data import text
+def test_failed_prepare_keeps_decoded_clips_and_resumes(raw_dir, tmp_path, monkeypatch):
+  from mer_jax.data import builder, text
 
   def fail(*args, **kwargs):
     raise RuntimeError('tokenizer training failed')
 
-  monkeypatch.setattr(text, 'build_tokenizer', fail)
-  with pytest.raises(RuntimeError, match='tokenizer training failed'):
-    prepare_dataset('mer2023', raw_dir, str(tmp_path / 'data'), workers=1)
-  assert os.listdir(tmp_path) == []
+  with monkeypatch.context() as patch:
+    patch.setattr(text, 'build_tokenizer', fail)
+    with pytest.raises(RuntimeError, match='tokenizer training failed'):
+      prepare_dataset('mer2023', raw_dir, str(tmp_path / 'data'), workers=1)
+  assert os.listdir(tmp_path) == ['.data.partial']
+  cached = os.listdir(tmp_path / '.data.partial' / 'decoded')
+  assert sorted(os.path.splitext(name)[1] for name in cached) == ['.npz'] * (18 - len(BROKEN)) + ['.skip'] * len(BROKEN)
+
+  def no_decoding(*args, **kwargs):
+    raise AssertionError('a cached clip was decoded again')
+
+  monkeypatch.setattr(builder, 'decode_clip', no_decoding)
+  info = prepare_dataset('mer2023', raw_dir, str(tmp_path / 'data'), workers=1)
+  assert sum(entry['count'] for entry in info['splits'].values()) == 18 - len(BROKEN)
+  assert os.listdir(tmp_path) == ['data']
 
 
 def test_refuses_to_replace_other_directories(raw_dir, tmp_path):
@@ -193,7 +209,7 @@ def test_bad_csv_fails_before_any_decoding(raw_dir, tmp_path, monkeypatch):
   def no_decoding(*args, **kwargs):
     raise AssertionError('decoding started')
 
-  monkeypatch.setattr(prepare, 'decode_clip', no_decoding)
+  monkeypatch.setattr(builder, 'decode_clip', no_decoding)
   with pytest.raises(ValueError) as info:
     prepare_dataset('mer2023', raw, str(tmp_path / 'out'), workers=1)
   message = str(info.value)
@@ -221,11 +237,15 @@ def test_reader_splits_sentences_and_extensions(tmp_path, caplog):
   (tmp_path / 'video' / 'a.mov').write_bytes(b'x')
   with caplog.at_level(logging.WARNING):
     clips = read_records(str(tmp_path))
-  assert 'transcription.csv not found' in caplog.text
+  assert 'transcription.csv not found under' in caplog.text
   assert [(c.split, c.name, c.label, c.valence, c.sentence) for c in clips] == [
       ('test1', 'c', 'worried', -0.25, ''), ('train', 'a', 'happy', 0.5, ''), ('train', 'b', 'sad', -0.5, '')]
   assert clips[1].media_path == str(tmp_path / 'video' / 'a.mov')
-  assert clips[2].media_path == str(tmp_path / 'video' / 'b.mp4')
+  assert clips[2].media_path == ''
+  os.makedirs(tmp_path / 'train')
+  (tmp_path / 'train' / 'b.mp4').write_bytes(b'x')
+  (tmp_path / 'train' / '._b.mp4').write_bytes(b'x')
+  assert read_records(str(tmp_path))[2].media_path == str(tmp_path / 'train' / 'b.mp4')
   write_csv(str(tmp_path / 'transcription.csv'), ['name', 'sentence'], [['a', 'Hello, there.']])
   assert [c.sentence for c in read_records(str(tmp_path))] == ['', 'Hello, there.', '']
 
@@ -260,30 +280,5 @@ def test_bad_reason_file(tmp_path, header, rows, error):
 
 def test_unknown_format_lists_known_ones():
   assert get_reader('mer2023').LABELS == LABELS
-  with pytest.raises(ValueError, match="known formats: \\['mer2023'\\]"):
+  with pytest.raises(ValueError, match="known formats: \\['iemocap', 'manifest', 'meld', 'mer2023', 'mer2024', 'mer2025'\\]"):
     get_reader('meld2')
-
-
-def test_records_round_trip():
-  example = {
-      'name': 'clip_0007', 'label': 'happy', 'valence': 0.1 + 0.2, 'sentence': 'Ça va, "oui"?\n',
-      'reason': 'no audio track', 'count': 7, 'score': float('nan'), 'flag': True, 'nothing': None,
-      'audio': np.array([-32768, -1, 0, 1, 32767], np.int16),
-      'frames': np.random.default_rng(0).integers(0, 256, (4, 6, 6, 3), dtype=np.uint8),
-      'empty': np.zeros((0, 3), np.float32),
-  }
-  encoded = records.encode(example)
-  decoded = records.decode(encoded)
-  assert decoded.keys() == example.keys()
-  assert records.fields(encoded).keys() == {k for k, v in example.items() if not isinstance(v, np.ndarray)}
-  for key, value in example.items():
-    if isinstance(value, np.ndarray):
-      assert decoded[key].dtype == value.dtype and decoded[key].shape == value.shape
-      np.testing.assert_array_equal(decoded[key], value)
-    elif key == 'score':
-      assert math.isnan(decoded[key])
-    else:
-      assert decoded[key] == value and type(decoded[key]) is type(value)
-  decoded['audio'][0] = 5
-  with pytest.raises(ValueError, match='bad magic'):
-    records.decode(b'not a record')

@@ -1,13 +1,15 @@
 """Grain input pipeline: prepared shards -> host shard -> seeded shuffle -> fixed-shape examples -> batches."""
 
+import functools
 import json
 import os
+import re
 from typing import Any, Iterator
 
 import grain
 import numpy as np
 
-from mer_jax.data import chat, prepare, records
+from mer_jax.data import chat, prepare
 from mer_jax.data.text import PromptBuilder, PromptLayout, TextTokenizer
 
 
@@ -17,7 +19,9 @@ def load_info(data_dir: str) -> dict:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {data_dir} a dataset written by `mer-jax prepare`?')
   with open(path) as f:
-    return json.load(f)
+    info = json.load(f)
+  prepare.tfds_dir(data_dir, info)
+  return info
 
 
 def tokenizer_path(config: Any) -> str:
@@ -61,13 +65,40 @@ def validation_indices(num_records: int, fraction: float, seed: int) -> np.ndarr
   return np.sort(np.random.default_rng(seed).permutation(num_records)[:count])
 
 
+SPLIT_PART = re.compile(r'^\s*(\w+)\s*(\[[^\]]*\])?\s*$')
+
+
+def split_names(expression: str) -> list[str]:
+  """The prepared splits a TFDS split expression reads: 'session1+session2[:50%]' -> ['session1', 'session2']."""
+  names = []
+  for part in expression.split('+'):
+    match = SPLIT_PART.match(part)
+    if not match:
+      raise ValueError(f'split {expression!r}: {part!r} is not a split name with an optional slice such as train[:10%]')
+    names.append(match.group(1))
+  return names
+
+
+@functools.lru_cache(maxsize=16)
+def _tfds_builder(directory: str) -> Any:
+  """The TFDS builder of a prepared dataset directory, opened once per process."""
+  import tensorflow_datasets as tfds
+  return tfds.builder_from_directory(directory)
+
+
+def tfds_source(directory: str, split: str) -> Any:
+  """A random-access source of a TFDS split expression (e.g. 'train[:10%]+test') of a prepared dataset."""
+  return _tfds_builder(directory).as_data_source(split)
+
+
 def open_split(data_config: Any, info: dict, split: str) -> IndexedSource:
-  """A split's records; 'val' and the training part of 'train' are carved by config.data.val_fraction."""
+  """A split's examples (a TFDS split expression); 'val' and the rest of the train split are carved by val_fraction."""
   source_split = data_config.train_split if split == 'val' else split
-  if source_split not in info['splits']:
+  unknown = [name for name in split_names(source_split) if name not in info['splits']]
+  if unknown:
     known = sorted(info['splits']) + (['val'] if data_config.val_fraction > 0 else [])
-    raise ValueError(f'split {split!r} is not in {data_config.dir}; known splits: {known}')
-  source = grain.sources.ArrayRecordDataSource(prepare.split_files(data_config.dir, source_split))
+    raise ValueError(f'split {unknown[0]!r} is not in {data_config.dir}; known splits: {known}')
+  source = tfds_source(prepare.tfds_dir(data_config.dir, info), source_split)
   all_indices = np.arange(len(source))
   if source_split != data_config.train_split or data_config.val_fraction <= 0:
     return IndexedSource(source, all_indices)
@@ -75,6 +106,30 @@ def open_split(data_config: Any, info: dict, split: str) -> IndexedSource:
   if split == 'val':
     return IndexedSource(source, held_out)
   return IndexedSource(source, np.setdiff1d(all_indices, held_out))
+
+
+def text_fields(example: dict) -> dict[str, Any]:
+  """A TFDS example's text and scalar fields as Python values (str, list of str, float, bool)."""
+  fields = {}
+  for key, value in example.items():
+    if key in ('audio', 'frames'):
+      continue
+    if isinstance(value, bytes):
+      value = value.decode('utf-8')
+    elif isinstance(value, (list, np.ndarray)) and key == 'openset':
+      value = [v.decode('utf-8') if isinstance(v, bytes) else str(v) for v in value]
+    elif isinstance(value, np.generic):
+      value = value.item()
+    fields[key] = value
+  return fields
+
+
+def train_valence_mean(info: dict, split: str) -> float:
+  """The mean valence of a (possibly joined) training split, over the clips that have one (0 when none do)."""
+  entries = [info['splits'][name] for name in split_names(split)]
+  total = sum(e['valence_mean'] * e.get('with_valence', e['count']) for e in entries if e['valence_mean'] is not None)
+  count = sum(e.get('with_valence', e['count']) for e in entries if e['valence_mean'] is not None)
+  return total / count if count else 0.0
 
 
 def prompt_builder(config: Any, info: dict) -> PromptBuilder:
@@ -99,10 +154,10 @@ class Featurizer:
     self.modalities = modalities
     self.label_ids = {label: i for i, label in enumerate(builder.labels)}
 
-  def __call__(self, raw: bytes) -> dict[str, np.ndarray]:
-    record = records.decode(raw)
-    label_id = self.label_ids[record['label']]
-    answer = self.builder.answer_ids(record['label'], record.get('reason', ''))
+  def __call__(self, prepared: dict) -> dict[str, np.ndarray]:
+    record = {**text_fields(prepared), 'audio': prepared['audio'], 'frames': prepared['frames']}
+    label_id = self.label_ids.get(record['label'], -1)
+    answer = self.builder.answer_ids(record['label'], record['reason'])
     example = self.builder.build(record['sentence'], answer)
     example['label'] = np.int32(label_id)
     example['valence'] = np.float32(record['valence'])
@@ -150,7 +205,7 @@ def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0
 def split_fields(config: Any, info: dict, split: str) -> list[dict]:
   """The JSON fields (name, label, sentence, reason, ...) of a split's records, in eval_batches' order."""
   source = open_split(config.data, info, split)
-  return [records.fields(source[i]) for i in range(len(source))]
+  return [text_fields(source[i]) for i in range(len(source))]
 
 
 def eval_batches(config: Any, info: dict, split: str, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:

@@ -1,109 +1,27 @@
-"""Turns a raw dataset into ArrayRecord shards, dataset_info.json and tokenizer.json (written atomically)."""
+"""Turns a raw dataset into a TFDS dataset (array_record files), dataset_info.json and tokenizer.json.
 
-import contextlib
+OUT/dataset_info.json is the summary users and tools read (labels, counts per split, skipped
+clips with reasons, prepare settings); OUT/tfds/<name>/<version>/ is the TFDS dataset, which
+`tfds.builder_from_directory` and `tfds.data_source` open (split slicing such as `train[:10%]`
+included). Decoded clips are cached beside OUT until prepare finishes, so that an interrupted
+run, started again, does not decode them twice.
+"""
+
 import json
-import logging
-import multiprocessing
+import math
 import os
 import shutil
 import tempfile
-import uuid
-from concurrent.futures import ProcessPoolExecutor
-from typing import Iterator
 
-import numpy as np
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
-from tqdm import tqdm
+import tensorflow_datasets as tfds
 
-from mer_jax.data import chat, records
-from mer_jax.data.formats import ClipRecord, get_reader
-from mer_jax.data.media import MediaError, decode_clip
+from mer_jax.data import builder, chat
+from mer_jax.data.formats import ClipRecord, RawDataset, ReaderOptions
 
 INFO_FILE = 'dataset_info.json'
 TOKENIZER_FILE = chat.TOKENIZER_FILE
-WRITER_OPTIONS = 'group_size:1'
-
-# A decoded clip (audio, frames), or the reason its media cannot be used.
-Decoded = tuple[np.ndarray, np.ndarray] | str
-
-logger = logging.getLogger(__name__)
-
-
-def _decode(job: tuple[str, dict]) -> Decoded:
-  """Decoded (audio, frames) of one clip, or the reason it cannot be used."""
-  path, options = job
-  try:
-    return decode_clip(path, **options)
-  except MediaError as e:
-    return e.reason
-
-
-def _decoded(clips: list[ClipRecord], options: dict, workers: int) -> Iterator[Decoded]:
-  """`_decode` results in clip order, computed by `workers` processes (1: in this process)."""
-  jobs = [(clip.media_path, options) for clip in clips]
-  if workers <= 1:
-    yield from map(_decode, jobs)
-    return
-  pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'))
-  try:
-    yield from pool.map(_decode, jobs, chunksize=4)
-  finally:
-    pool.shutdown(cancel_futures=True)
-
-
-class _SplitWriter:
-  """Writes one split's records to shards of at most `per_shard` records, then names them -of-N."""
-
-  def __init__(self, out_dir: str, split: str, labels: tuple[str, ...], per_shard: int):
-    self.out_dir, self.split, self.per_shard = out_dir, split, per_shard
-    self.paths: list[str] = []
-    self.writer: ArrayRecordWriter | None = None
-    self.count = 0
-    self.label_counts = {label: 0 for label in labels}
-    self.valence_sum = 0.0
-    self.with_reason = 0
-    self.skipped: list[dict[str, str]] = []
-
-  def write(self, clip: ClipRecord, audio: np.ndarray, frames: np.ndarray) -> None:
-    """Appends one example, opening a new shard when the current one is full."""
-    if self.count % self.per_shard == 0:
-      self._close_shard()
-      self.paths.append(os.path.join(self.out_dir, f'{self.split}-{len(self.paths):05d}.partial'))
-      self.writer = ArrayRecordWriter(self.paths[-1], WRITER_OPTIONS)
-    self.writer.write(records.encode({
-        'name': clip.name, 'label': clip.label, 'valence': clip.valence, 'sentence': clip.sentence,
-        'reason': clip.reason, 'audio': audio, 'frames': frames}))
-    self.count += 1
-    self.label_counts[clip.label] += 1
-    self.valence_sum += clip.valence
-    self.with_reason += bool(clip.reason)
-
-  def skip(self, clip: ClipRecord, reason: str) -> None:
-    """Records a clip whose media cannot be used."""
-    logger.warning('skipping %s: %s', clip.media_path, reason)
-    self.skipped.append({'name': clip.name, 'file': clip.media_path, 'reason': reason})
-
-  def _close_shard(self) -> None:
-    """Closes the open shard, if any."""
-    if self.writer is not None:
-      self.writer.close()
-      self.writer = None
-
-  def finish(self) -> dict:
-    """Closes and renames the shards; returns the split's entry of dataset_info.json."""
-    self._close_shard()
-    files = []
-    for i, path in enumerate(self.paths):
-      files.append(f'{self.split}-{i:05d}-of-{len(self.paths):05d}.array_record')
-      os.rename(path, os.path.join(self.out_dir, files[-1]))
-    return {
-        'count': self.count,
-        'files': files,
-        'label_counts': self.label_counts,
-        'valence_mean': self.valence_sum / self.count if self.count else None,
-        'with_reason': self.with_reason,
-        'skipped': self.skipped,
-    }
+TFDS_DIR = 'tfds'
+INFO_VERSION = 2
 
 
 def _check_destination(out_dir: str) -> None:
@@ -125,80 +43,109 @@ def _replace_dir(new_dir: str, out_dir: str) -> None:
   shutil.rmtree(old)
 
 
-def _write_tokenizer(path: str, tokenizer_path: str | None, clips: list[ClipRecord],
+def _write_tokenizer(out_dir: str, tokenizer_path: str | None, clips: list[ClipRecord],
                      labels: tuple[str, ...]) -> None:
   """Copies the given tokenizer.json (with the special tokens and chat template beside it), or trains one."""
   if tokenizer_path:
-    chat.copy_tokenizer(tokenizer_path, os.path.dirname(path))
+    chat.copy_tokenizer(tokenizer_path, out_dir)
     return
   from mer_jax.data.text import build_tokenizer
-  build_tokenizer([clip.sentence for clip in clips if clip.sentence] + list(labels), path)
+  sentences = [clip.sentence for clip in clips if clip.sentence]
+  build_tokenizer(sentences + list(labels), os.path.join(out_dir, TOKENIZER_FILE))
+
+
+def _split_summary(clips: list[ClipRecord], labels: tuple[str, ...], skipped: list[dict[str, str]]) -> dict:
+  """A split's entry of dataset_info.json: counts, label counts, valence mean over clips that have one."""
+  valences = [clip.valence for clip in clips if clip.valence is not None]
+  label_counts = {label: 0 for label in labels}
+  for clip in clips:
+    if clip.label:
+      label_counts[clip.label] += 1
+  return {
+      'count': len(clips),
+      'labelled': sum(bool(clip.label) for clip in clips),
+      'label_counts': label_counts,
+      'valence_mean': math.fsum(valences) / len(valences) if valences else None,
+      'with_valence': len(valences),
+      'with_reason': sum(bool(clip.reason) for clip in clips),
+      'with_openset': sum(bool(clip.openset) for clip in clips),
+      'skipped': skipped,
+  }
+
+
+def summarize(raw: RawDataset, failures: dict[str, str]) -> dict[str, dict]:
+  """Per split: the summary of the clips kept, and every clip skipped (by the reader or the decoder) with why."""
+  splits: dict[str, tuple[list, list]] = {}
+  for clip in sorted(raw.records, key=lambda c: (c.split, c.name)):
+    kept, skipped = splits.setdefault(clip.split, ([], []))
+    reason = failures.get(clip.split + '/' + clip.name)
+    if reason is None:
+      kept.append(clip)
+    else:
+      skipped.append({'name': clip.name, 'file': clip.media_path, 'reason': reason})
+  for dropped in raw.dropped:
+    splits.setdefault(dropped['split'], ([], []))[1].append(
+        {k: dropped[k] for k in ('name', 'file', 'reason')})
+  return {split: _split_summary(kept, raw.labels, skipped) for split, (kept, skipped) in sorted(splits.items())}
 
 
 def prepare_dataset(fmt: str, raw_dir: str, out_dir: str, *, num_frames: int = 4, frame_size: int = 48,
                     duration_s: float = 2.0, sample_rate: int = 16000, tokenizer_path: str | None = None,
-                    records_per_shard: int = 500, workers: int = 2) -> dict:
-  """Decodes a raw dataset into `out_dir` (shards per split, info, tokenizer); returns the info."""
-  reader = get_reader(fmt)
+                    options: ReaderOptions = ReaderOptions(), workers: int = 2) -> dict:
+  """Decodes a raw dataset into `out_dir` (TFDS dataset, info, tokenizer); returns the info.
+
+  Every label file is read and checked before any clip is decoded. Work is kept in a hidden
+  folder beside `out_dir` until the dataset is complete, so a failed or interrupted run leaves
+  an earlier `out_dir` as it was and resumes from the clips it had decoded.
+  """
   raw_dir, out_dir = os.path.abspath(raw_dir), os.path.abspath(out_dir)
-  clips = sorted(reader.read_records(raw_dir), key=lambda c: (c.split, c.name))
+  if not os.path.exists(raw_dir):
+    raise FileNotFoundError(f'raw dataset {raw_dir} does not exist')
   if tokenizer_path and not os.path.isfile(tokenizer_path):
     raise FileNotFoundError(f'tokenizer file {tokenizer_path} not found')
-  if records_per_shard < 1:
-    raise ValueError(f'records_per_shard must be >= 1, got {records_per_shard}')
   _check_destination(out_dir)
+  tfds.disable_progress_bar()
+  settings = builder.decode_settings(num_frames, frame_size, duration_s, sample_rate)
   parent, base = os.path.split(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  work_dir = os.path.join(parent, f'.{base}.partial-{uuid.uuid4().hex[:8]}')
-  os.mkdir(work_dir)
-  options = {'sample_rate': sample_rate, 'duration_s': duration_s, 'num_frames': num_frames,
-             'frame_size': frame_size}
+  work_dir = os.path.join(parent, f'.{base}.partial')
+  os.makedirs(work_dir, exist_ok=True)
+  build_dir = tempfile.mkdtemp(prefix='build-', dir=work_dir)
   try:
-    writers = {split: _SplitWriter(work_dir, split, reader.LABELS, records_per_shard)
-               for split in sorted({clip.split for clip in clips})}
-    with contextlib.closing(_decoded(clips, options, workers)) as results:
-      for clip, result in tqdm(zip(clips, results), total=len(clips), desc=f'prepare {fmt}', unit='clip'):
-        if isinstance(result, str):
-          writers[clip.split].skip(clip, result)
-        else:
-          writers[clip.split].write(clip, *result)
-    _write_tokenizer(os.path.join(work_dir, TOKENIZER_FILE), tokenizer_path, clips, reader.LABELS)
+    dataset_builder = builder.builder_for(fmt, settings=settings, reader_options=options, workers=workers,
+                                          cache_dir=os.path.join(work_dir, 'decoded'),
+                                          data_dir=os.path.join(build_dir, TFDS_DIR), file_format='array_record')
+    raw = dataset_builder.read_raw(raw_dir)
+    dataset_builder.download_and_prepare(download_dir=os.path.join(build_dir, 'downloads'),
+                                         download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))
+    shutil.rmtree(os.path.join(build_dir, 'downloads'), ignore_errors=True)
+    _write_tokenizer(build_dir, tokenizer_path, raw.records, raw.labels)
     info = {
+        'version': INFO_VERSION,
         'format': fmt,
         'source': raw_dir,
-        'labels': list(reader.LABELS),
+        'tfds': os.path.relpath(dataset_builder.data_dir, build_dir),
+        'labels': list(raw.labels),
         'audio': {'sample_rate': sample_rate, 'num_samples': int(round(sample_rate * duration_s)),
                   'dtype': 'int16'},
         'frames': {'num_frames': num_frames, 'size': frame_size, 'dtype': 'uint8'},
         'duration_s': duration_s,
-        'splits': {split: writer.finish() for split, writer in writers.items()},
+        'splits': summarize(raw, dataset_builder.failures),
         'tokenizer': TOKENIZER_FILE,
-        'options': {**options, 'records_per_shard': records_per_shard, 'workers': workers,
+        'options': {**settings, 'workers': workers, 'label_map': options.label_map, 'language': options.language,
                     'tokenizer_path': os.path.abspath(tokenizer_path) if tokenizer_path else None},
     }
-    with open(os.path.join(work_dir, INFO_FILE), 'w') as f:
-      json.dump(info, f, indent=2)
-    _replace_dir(work_dir, out_dir)
+    with open(os.path.join(build_dir, INFO_FILE), 'w') as f:
+      json.dump(info, f, indent=2, ensure_ascii=False)
+    _replace_dir(build_dir, out_dir)
   except BaseException:
-    shutil.rmtree(work_dir, ignore_errors=True)
+    shutil.rmtree(build_dir, ignore_errors=True)
     raise
+  shutil.rmtree(work_dir, ignore_errors=True)
   return info
 
 
-def split_files(data_dir: str, split: str) -> list[str]:
-  """Absolute paths of a prepared split's ArrayRecord shards, in order."""
-  with open(os.path.join(data_dir, INFO_FILE)) as f:
-    splits = json.load(f)['splits']
-  if split not in splits:
-    raise ValueError(f'split {split!r} is not in {data_dir}; known splits: {sorted(splits)}')
-  return [os.path.join(os.path.abspath(data_dir), name) for name in splits[split]['files']]
-
-
-def read_split(data_dir: str, split: str) -> list[bytes]:
-  """All serialized records of a prepared split, in order (decode each with records.decode)."""
-  out = []
-  for path in split_files(data_dir, split):
-    reader = ArrayRecordReader(path)
-    out.extend(reader.read_all())
-    reader.close()
-  return out
+def tfds_dir(data_dir: str, info: dict) -> str:
+  """The TFDS dataset directory of a prepared dataset (refuses datasets prepared before TFDS)."""
+  if info.get('version', 1) < INFO_VERSION or 'tfds' not in info:
+    raise ValueError(f'{data_dir} was prepared by an older mer-jax: run `mer-jax prepare` again')
+  return os.path.join(os.path.abspath(data_dir), info['tfds'])

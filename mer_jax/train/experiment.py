@@ -66,7 +66,7 @@ class Experiment(ModelSetup):
   @property
   def train_valence_mean(self) -> float:
     """The mean valence of the training split: what a constant valence predictor would answer."""
-    return float(self.info['splits'][self.config.data.train_split]['valence_mean'])
+    return pipeline.train_valence_mean(self.info, self.config.data.train_split)
 
   @staticmethod
   def pretrained_vocab_size(config: Any) -> int:
