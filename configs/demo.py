@@ -59,7 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.dir = 'runs/demo/data'          # a prepared dataset (mer-jax prepare --out)
   c.data.tokenizer = ''                  # '' = <model.llm.init_from>/tokenizer.json if any, else <data.dir>/tokenizer.json
   c.data.chat_template = 'auto'          # 'auto': the tokenizer's chat template (tokenizer_config.json), if any; 'none'
-  c.data.train_split = 'train'
+  c.data.train_split = 'train'          # a TFDS split expression: 'train', 'train[:10%]', 'session1+session2'
+  c.data.mixture = ''                    # more datasets mixed into training: 'DIR[@SPLIT][=WEIGHT],...' (weight vs 1)
   c.data.val_fraction = 0.1              # validation carved from the train split
   c.data.max_transcript_tokens = 24
   c.data.explanations = explanations

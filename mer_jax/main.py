@@ -3,11 +3,15 @@
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from mer_jax import config_check
+
+if TYPE_CHECKING:
+  from mer_jax.eval.wheel import Wheels
 
 COMMANDS = ('synth', 'prepare', 'show', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert', 'export')
 FLAGS = flags.FLAGS
@@ -55,6 +59,7 @@ flags.DEFINE_enum('language', 'english', ['english', 'chinese'], 'Transcript lan
 flags.DEFINE_string('wheels', None, 'Emotion-wheel folder (wheel1..5.xlsx, synonym.xlsx, format.csv) for '
                     'open-vocabulary scores as the MER2025 OV track computes them (evaluate).')
 flags.DEFINE_string('suite', None, 'A suite file listing datasets and splits to evaluate one run on (evaluate).')
+flags.DEFINE_integer('workers', 2, 'Processes that decode clips (prepare).')
 flags.DEFINE_integer('limit', None, 'Show at most this many examples (show).')
 flags.DEFINE_bool('print', False, 'Print one `mer-jax train` command per point instead of running them (sweep).')
 
@@ -113,15 +118,17 @@ def run_synth() -> None:
 def run_prepare() -> None:
   """mer-jax prepare --format F --raw DIR --out DIR [--label_map M] [--language L]: a TFDS dataset of the clips."""
   from mer_jax.data import prepare
-  from mer_jax.data.formats import ReaderOptions
+  from mer_jax.data.formats import FORMATS, ReaderOptions
   from mer_jax.data.formats.common import FormatError
   require('prepare', 'raw', 'out')
+  if FLAGS.format not in FORMATS:
+    raise app.UsageError(f'unknown --format {FLAGS.format!r}; known formats: {sorted(FORMATS)}')
   options = ReaderOptions(label_map=FLAGS.label_map or '', language=FLAGS.language)
   try:
     info = prepare.prepare_dataset(FLAGS.format, FLAGS.raw, FLAGS.out, num_frames=FLAGS.num_frames,
                                    frame_size=FLAGS.frame_size, duration_s=FLAGS.duration,
-                                   tokenizer_path=FLAGS.tokenizer, options=options)
-  except (FormatError, OSError) as error:
+                                   tokenizer_path=FLAGS.tokenizer, options=options, workers=FLAGS.workers)
+  except (FormatError, OSError, ValueError) as error:
     sys.exit(f'error: {error}')
   for split, split_info in info['splits'].items():
     print(f"{split}: {split_info['count']} examples written, {len(split_info['skipped'])} skipped")
@@ -161,31 +168,62 @@ def require_model(command: str) -> None:
     raise app.UsageError(f'mer-jax {command} needs exactly one of --workdir DIR and --bundle DIR')
 
 
+def load_wheels() -> 'Wheels | None':
+  """The --wheels emotion-wheel folder, read once before any evaluation; None without the flag."""
+  from mer_jax.data.formats.common import FormatError
+  from mer_jax.eval import wheel
+  if FLAGS.wheels is None:
+    return None
+  try:
+    return wheel.load(FLAGS.wheels)
+  except (FormatError, OSError) as error:
+    sys.exit(f'error: {error}')
+
+
 def run_evaluate() -> None:
-  """mer-jax evaluate --workdir DIR --split S: writes eval/report_S.{json,md} and the confusion PNG."""
+  """mer-jax evaluate --workdir DIR --split S [--data DIR | --suite FILE] [--wheels DIR]: eval/report_S.{json,md}, PNG.
+
+  --data evaluates on another prepared dataset (reports in eval/<its name>/); --suite on each
+  dataset a suite file lists, with one table across them (eval/suite/).
+  """
+  from mer_jax.eval import suite
   from mer_jax.eval.evaluate import evaluate
   from mer_jax.eval.report import summary_table
   from mer_jax.train.checkpoint import Checkpointer
   from mer_jax.train.experiment import Experiment
   require_model('evaluate')
+  wheels = load_wheels()
   if FLAGS.bundle is not None:
-    run_evaluate_bundle()
+    run_evaluate_bundle(wheels)
     return
   config = load_run_config(FLAGS.workdir)
-  experiment = Experiment(config)
+  try:
+    entries = suite.read_suite(FLAGS.suite) if FLAGS.suite else []
+    if FLAGS.data:
+      config = suite.config_on(config, FLAGS.data)
+    experiment = Experiment(config)
+  except (OSError, ValueError) as error:
+    raise app.UsageError(str(error)) from error
   checkpointer = Checkpointer(os.path.join(FLAGS.workdir, 'checkpoints'), config.train.keep_checkpoints)
   restored = checkpointer.restore_latest(experiment.abstract_state())
+  checkpointer.close()
   if restored is None:
     raise app.UsageError(f'no usable checkpoint in {checkpointer.directory}')
   step, state, _ = restored
   out_dir = os.path.join(FLAGS.workdir, 'eval')
-  report = evaluate(experiment, state['params'], FLAGS.split, out_dir)
-  checkpointer.close()
+  if entries:
+    table = suite.evaluate_suite(config, state['params'], entries, os.path.join(out_dir, 'suite'), wheels)
+    print(f'checkpoint step {step}; suite reports in {out_dir}/suite/')
+    print(table)
+    return
+  if FLAGS.data:
+    out_dir = os.path.join(out_dir, suite.data_name(config.data.dir))
+  report = evaluate(experiment, state['params'], FLAGS.split, out_dir, wheels=wheels)
   print(f'checkpoint step {step}; report in {out_dir}/report_{FLAGS.split}.json')
   print(summary_table(report))
 
 
-def run_evaluate_bundle() -> None:
+def run_evaluate_bundle(wheels: 'Wheels | None') -> None:
   """mer-jax evaluate --bundle DIR [--data DIR] [--out DIR] --split S: the same report for an exported bundle."""
   from mer_jax import export
   from mer_jax.eval.evaluate import evaluate
@@ -196,7 +234,7 @@ def run_evaluate_bundle() -> None:
   except (OSError, ValueError) as error:
     raise app.UsageError(str(error)) from error
   out_dir = FLAGS.out or os.path.join(FLAGS.bundle, 'eval')
-  report = evaluate(predictor.experiment, predictor.params, FLAGS.split, out_dir)
+  report = evaluate(predictor.experiment, predictor.params, FLAGS.split, out_dir, wheels=wheels)
   print(f'bundle {FLAGS.bundle} (checkpoint step {predictor.experiment.step}) on {data_dir}; '
         f'report in {out_dir}/report_{FLAGS.split}.json')
   print(summary_table(report))

@@ -30,8 +30,24 @@ def test_unknown_config_option_is_refused(tmp_path):
 
 def test_unknown_command_is_refused():
   result = mer_jax('fit')
-  assert result.returncode != 0 and 'usage: mer-jax {synth,prepare,train,evaluate,bench,' in result.stderr
+  assert result.returncode != 0 and 'usage: mer-jax {synth,prepare,show,train,evaluate,bench,' in result.stderr
   assert 'predict' in result.stderr
+
+
+def test_prepare_wrong_format_then_show(prepared_tiny, tmp_path):
+  raw = os.path.join(os.path.dirname(prepared_tiny), 'raw')
+  result = mer_jax('prepare', '--format', 'meld', '--raw', raw, '--out', str(tmp_path / 'out'))
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'error: no *_sent_emo.csv file' in result.stderr and f'under {raw}: is it a MELD dataset' in result.stderr
+  assert not os.path.exists(tmp_path / 'out')
+  result = mer_jax('show', '--data', prepared_tiny, '--split', 'test[:2]', '--json')
+  rows = json.loads(result.stdout)
+  assert [row['frames'] for row in rows] == [[4, 32, 32, 3]] * 2 and rows[0]['audio_s'] == 2.0
+  assert rows[0]['name'] < rows[1]['name'] and rows[0]['label'] and rows[0]['sentence']
+  lines = mer_jax('show', '--data', prepared_tiny, '--split', 'test', '--limit', '3').stdout.splitlines()
+  assert len(lines) == 3 and lines[0].startswith(rows[0]['name'] + '\t' + rows[0]['label'])
+  result = mer_jax('show', '--data', prepared_tiny, '--split', 'dev')
+  assert result.returncode == 1 and "split 'dev' is not in" in result.stderr
 
 
 def test_evaluate_without_a_run_says_so(tmp_path):

@@ -88,7 +88,9 @@ def test_host_rows_rebuild_the_one_host_batches(config, info):
 def test_eval_batches_pad_the_last_batch(config, info):
   count = info['splits']['test']['count']
   batches = list(pipeline.eval_batches(config, info, 'test', batch_size=3))
-  assert [valid for _, valid in batches] == [3] * (count // 3) + ([count % 3] if count % 3 else [])
+  assert [len(fields) for _, fields in batches] == [3] * (count // 3) + ([count % 3] if count % 3 else [])
+  names = [f['name'] for _, fields in batches for f in fields]
+  assert names == sorted(names) and len(set(names)) == count
   assert all(batch['tokens'].shape[0] == 3 for batch, _ in batches)
 
 

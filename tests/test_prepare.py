@@ -282,3 +282,12 @@ def test_unknown_format_lists_known_ones():
   assert get_reader('mer2023').LABELS == LABELS
   with pytest.raises(ValueError, match="known formats: \\['iemocap', 'manifest', 'meld', 'mer2023', 'mer2024', 'mer2025'\\]"):
     get_reader('meld2')
+
+
+def test_reader_options_only_for_formats_that_read_them(raw_dir, tmp_path):
+  from mer_jax.data.formats import ReaderOptions
+  with pytest.raises(ValueError, match='--label_map=iemocap6 applies to --format iemocap, not mer2023'):
+    prepare_dataset('mer2023', raw_dir, str(tmp_path / 'out'), options=ReaderOptions(label_map='iemocap6'))
+  with pytest.raises(ValueError, match='--language=chinese applies to --format mer2024/mer2025, not meld'):
+    prepare_dataset('meld', raw_dir, str(tmp_path / 'out'), options=ReaderOptions(language='chinese'))
+  assert not os.path.exists(tmp_path / 'out')

@@ -46,7 +46,7 @@ def _decode(job: tuple[ClipRecord, dict, str]) -> None:
     audio, frames = decode_clip(clip.media_path, **_decode_arguments(clip), **settings)
   except MediaError as e:
     with open(cache_path + SKIP_SUFFIX + '.partial', 'w') as f:
-      f.write(e.reason)
+      f.write(e.reason if e.path in (clip.media_path, clip.name) else f'{e.path}: {e.reason}')
     os.replace(cache_path + SKIP_SUFFIX + '.partial', cache_path + SKIP_SUFFIX)
     return
   has_video = frames is not None
@@ -159,6 +159,7 @@ class PreparedDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.settings, self.reader_options, self.workers = settings, reader_options, workers
     self.cache_dir = cache_dir
     self.raw: RawDataset | None = None
+    self.raw_path = ''
     self.failures: dict[str, str] = {}
     super().__init__(**kwargs)
 
@@ -168,14 +169,18 @@ class PreparedDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                  metadata=tfds.core.MetadataDict(settings=self.settings))
 
   def read_raw(self, raw_dir: str) -> RawDataset:
-    """The reader's records (every label file checked before any decoding), kept for the summary."""
+    """The reader's records (every label file checked before any decoding), kept for the summary.
+
+    `raw_dir` is a folder, or a file for the manifest format; prepare reads it before building.
+    """
     if self.raw is None:
       self.raw = get_reader(self.FORMAT).read(raw_dir, self.reader_options)
+      self.raw_path = os.path.abspath(raw_dir)
     return self.raw
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-    raw_dir = os.fspath(dl_manager.manual_dir)
-    raw = self.read_raw(raw_dir)
+    raw = self.raw if self.raw is not None else self.read_raw(os.fspath(dl_manager.manual_dir))
+    raw_dir = self.raw_path
     clips = sorted(raw.records, key=lambda c: (c.split, c.name))
     cache = DecodeCache(self.cache_dir or os.path.join(self.data_dir, 'decoded'), self.settings)
     self.failures = cache.fill(clips, self.workers, f'prepare {self.FORMAT}')

@@ -1,5 +1,6 @@
 """Grain input pipeline: prepared shards -> host shard -> seeded shuffle -> fixed-shape examples -> batches."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -8,6 +9,7 @@ from typing import Any, Iterator
 
 import grain
 import numpy as np
+from ml_collections import ConfigDict
 
 from mer_jax.data import chat, prepare
 from mer_jax.data.text import PromptBuilder, PromptLayout, TextTokenizer
@@ -125,8 +127,11 @@ def text_fields(example: dict) -> dict[str, Any]:
 
 
 def train_valence_mean(info: dict, split: str) -> float:
-  """The mean valence of a (possibly joined) training split, over the clips that have one (0 when none do)."""
-  entries = [info['splits'][name] for name in split_names(split)]
+  """The mean valence of a (possibly joined) training split, over the clips that have one.
+
+  0 when none do, or when the dataset has no such split (a run evaluated on another dataset).
+  """
+  entries = [info['splits'][name] for name in split_names(split) if name in info['splits']]
   total = sum(e['valence_mean'] * e.get('with_valence', e['count']) for e in entries if e['valence_mean'] is not None)
   count = sum(e.get('with_valence', e['count']) for e in entries if e['valence_mean'] is not None)
   return total / count if count else 0.0
@@ -190,30 +195,68 @@ class HostRows(grain.MapDataset):
     return self._parent[step * self.count * self.size + self.shard * self.size + row]
 
 
-def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0,
-                  shard_count: int = 1) -> grain.IterDataset:
-  """Endless batches of this host's `batch_size` rows of each seeded-shuffled global batch (checkpointable)."""
-  source = open_split(config.data, info, config.data.train_split)
-  featurizer = Featurizer(prompt_builder(config, info), tuple(config.model.modalities))
-  examples = grain.MapDataset.source(source).shuffle(seed=config.data.shuffle_seed).repeat(None)
-  dataset = HostRows(examples, shard_index, shard_count, batch_size)
-  dataset = dataset.map(featurizer).batch(batch_size, drop_remainder=True)
+@dataclasses.dataclass(frozen=True)
+class MixtureEntry:
+  """One more prepared dataset mixed into training: its directory, training split and sampling weight."""
+
+  data_dir: str
+  split: str
+  weight: float
+
+
+def parse_mixture(spec: str) -> list[MixtureEntry]:
+  """config.data.mixture: comma-separated `DIR[@SPLIT][=WEIGHT]` (split 'train', weight 1.0 by default)."""
+  entries = []
+  for item in filter(None, (part.strip() for part in spec.split(','))):
+    location, _, weight = item.partition('=')
+    data_dir, _, split = location.partition('@')
+    try:
+      value = float(weight) if weight else 1.0
+    except ValueError:
+      value = -1.0
+    if not value > 0:
+      raise ValueError(f'config.data.mixture entry {item!r}: weight {weight!r} is not a positive number')
+    entries.append(MixtureEntry(os.path.abspath(data_dir), split or 'train', value))
+  return entries
+
+
+def _training_examples(data_config: Any, info: dict, split: str, featurizer: Featurizer, seed: int) -> grain.MapDataset:
+  """A split's featurized examples, shuffled with `seed` and repeated without end."""
+  source = open_split(data_config, info, split)
+  return grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).map(featurizer)
+
+
+def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0, shard_count: int = 1,
+                  builder: PromptBuilder | None = None) -> grain.IterDataset:
+  """Endless batches of this host's `batch_size` rows of each seeded-shuffled global batch (checkpointable).
+
+  With config.data.mixture, examples of every listed dataset are drawn by weight among those of
+  config.data.dir's train split (weight 1), each prompted with its own dataset's labels.
+  """
+  builder = builder or prompt_builder(config, info)
+  modalities = tuple(config.model.modalities)
+  seed = config.data.shuffle_seed
+  datasets = [_training_examples(config.data, info, config.data.train_split, Featurizer(builder, modalities), seed)]
+  weights = [1.0]
+  for index, entry in enumerate(parse_mixture(config.data.get('mixture', '')), start=1):
+    other_info = load_info(entry.data_dir)
+    other_config = ConfigDict({'dir': entry.data_dir, 'train_split': entry.split, 'val_fraction': 0.0})
+    featurizer = Featurizer(builder.for_labels(other_info['labels']), modalities)
+    datasets.append(_training_examples(other_config, other_info, entry.split, featurizer, seed + index))
+    weights.append(entry.weight)
+  examples = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
+  dataset = HostRows(examples, shard_index, shard_count, batch_size).batch(batch_size, drop_remainder=True)
   read_options = grain.ReadOptions(num_threads=config.data.worker_threads, prefetch_buffer_size=4)
   return dataset.to_iter_dataset(read_options)
 
 
-def split_fields(config: Any, info: dict, split: str) -> list[dict]:
-  """The JSON fields (name, label, sentence, reason, ...) of a split's records, in eval_batches' order."""
+def eval_batches(config: Any, info: dict, split: str, batch_size: int, builder: PromptBuilder | None = None
+                 ) -> Iterator[tuple[dict[str, np.ndarray], list[dict]]]:
+  """A split in order, read once: (batch, text fields of its real examples); the last batch is padded by repetition."""
   source = open_split(config.data, info, split)
-  return [text_fields(source[i]) for i in range(len(source))]
-
-
-def eval_batches(config: Any, info: dict, split: str, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-  """A split in order, as (batch, number of real examples); the last batch is padded by repetition."""
-  source = open_split(config.data, info, split)
-  featurizer = Featurizer(prompt_builder(config, info), tuple(config.model.modalities))
+  featurizer = Featurizer(builder or prompt_builder(config, info), tuple(config.model.modalities))
   for start in range(0, len(source), batch_size):
-    examples = [featurizer(source[i]) for i in range(start, min(start + batch_size, len(source)))]
-    valid = len(examples)
-    examples += [examples[-1]] * (batch_size - valid)
-    yield {k: np.stack([e[k] for e in examples]) for k in examples[0]}, valid
+    prepared = [source[i] for i in range(start, min(start + batch_size, len(source)))]
+    examples = [featurizer(example) for example in prepared]
+    examples += [examples[-1]] * (batch_size - len(prepared))
+    yield {k: np.stack([e[k] for e in examples]) for k in examples[0]}, [text_fields(e) for e in prepared]

@@ -16,7 +16,7 @@ import tempfile
 import tensorflow_datasets as tfds
 
 from mer_jax.data import builder, chat
-from mer_jax.data.formats import ClipRecord, RawDataset, ReaderOptions
+from mer_jax.data.formats import ClipRecord, RawDataset, ReaderOptions, check_options
 
 INFO_FILE = 'dataset_info.json'
 TOKENIZER_FILE = chat.TOKENIZER_FILE
@@ -105,6 +105,7 @@ def prepare_dataset(fmt: str, raw_dir: str, out_dir: str, *, num_frames: int = 4
     raise FileNotFoundError(f'tokenizer file {tokenizer_path} not found')
   _check_destination(out_dir)
   tfds.disable_progress_bar()
+  check_options(fmt, options)
   settings = builder.decode_settings(num_frames, frame_size, duration_s, sample_rate)
   parent, base = os.path.split(out_dir)
   work_dir = os.path.join(parent, f'.{base}.partial')
@@ -115,8 +116,9 @@ def prepare_dataset(fmt: str, raw_dir: str, out_dir: str, *, num_frames: int = 4
                                           cache_dir=os.path.join(work_dir, 'decoded'),
                                           data_dir=os.path.join(build_dir, TFDS_DIR), file_format='array_record')
     raw = dataset_builder.read_raw(raw_dir)
+    manual_dir = raw_dir if os.path.isdir(raw_dir) else os.path.dirname(raw_dir)
     dataset_builder.download_and_prepare(download_dir=os.path.join(build_dir, 'downloads'),
-                                         download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))
+                                         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     shutil.rmtree(os.path.join(build_dir, 'downloads'), ignore_errors=True)
     _write_tokenizer(build_dir, tokenizer_path, raw.records, raw.labels)
     info = {

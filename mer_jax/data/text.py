@@ -117,6 +117,10 @@ class PromptBuilder:
           f'data.seq_len={layout.seq_len} is too short: the prompt, {layout.max_transcript_tokens} '
           f'transcript tokens and the longest answer need {needed}')
 
+  def for_labels(self, labels: list[str]) -> 'PromptBuilder':
+    """The same tokenizer, layout and template with another dataset's labels."""
+    return PromptBuilder(self.tokenizer, self.layout, labels, self.chat_template, self.explanations)
+
   def label_answer(self, label: str) -> list[int]:
     """The ids naming `label` first in every answer (its scoring candidate): ' <label>' + EOS, or ' <label>.'."""
     if self.explanations:

@@ -11,6 +11,7 @@ import tqdm
 from mer_jax.data import pipeline
 from mer_jax.eval import cues, metrics, report as report_lib
 from mer_jax.eval.generate import jit_generate
+from mer_jax.eval.wheel import Wheels
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.step import answer_token_log_probs
 
@@ -61,28 +62,25 @@ class Predictor:
             'generated': np.asarray(generated)}
 
 
-def reference_fields(config: Any, info: dict, split: str, explanations: bool) -> dict[str, np.ndarray]:
-  """The split's clip names and, for a model that explains (data.explanations), its reference reasons, in order."""
-  fields = pipeline.split_fields(config, info, split)
-  out = {'names': np.asarray([f['name'] for f in fields])}
-  if explanations:
-    out['reasons'] = np.asarray([f.get('reason', '') for f in fields])
-  return out
-
-
 def predict_split(predictor: Predictor, split: str, progress: bool = True) -> dict[str, Any]:
-  """Predictions for every example of `split`, in order, with the clip names (and reasons, see reference_fields)."""
+  """Predictions for every example of `split`, in order, with the clip names, open-vocabulary references and
+  (for a model that explains, data.explanations) reference reasons; the split is read once."""
   exp = predictor.experiment
   config = exp.config
   parts: dict[str, list] = {'true': [], 'scored': [], 'generated': [], 'texts': [], 'label_texts': [],
-                            'explanations': [], 'valence_true': [], 'valence_pred': []}
-  batches = pipeline.eval_batches(config, exp.info, split, config.eval.batch_size)
-  for batch, valid in tqdm.tqdm(batches, desc=f'evaluate {split}', disable=not progress, unit='batch'):
+                            'explanations': [], 'valence_true': [], 'valence_pred': [], 'names': [],
+                            'reasons': [], 'opensets': []}
+  batches = pipeline.eval_batches(config, exp.info, split, config.eval.batch_size, exp.builder)
+  for batch, fields in tqdm.tqdm(batches, desc=f'evaluate {split}', disable=not progress, unit='batch'):
+    valid = len(fields)
     out = predictor.predict(batch)
     parts['true'].extend(batch['label'][:valid])
-    parts['scored'].extend(np.argmax(out['scores'][:valid], axis=1))
+    parts['scored'].extend(metrics.scored_labels(out['scores'][:valid]))
     parts['valence_true'].extend(batch['valence'][:valid])
     parts['valence_pred'].extend(out['valence'][:valid])
+    parts['names'].extend(f['name'] for f in fields)
+    parts['reasons'].extend(f['reason'] for f in fields)
+    parts['opensets'].extend(tuple(f['openset']) for f in fields)
     for tokens in out['generated'][:valid]:
       label = exp.builder.parse_label(tokens.tolist())
       parts['generated'].append(metrics.INVALID if label is None else exp.labels.index(label))
@@ -90,8 +88,11 @@ def predict_split(predictor: Predictor, split: str, progress: bool = True) -> di
       label_text, explanation = exp.builder.label_and_explanation(tokens.tolist())
       parts['label_texts'].append(label_text)
       parts['explanations'].append(explanation)
-  predictions = {k: np.asarray(v) for k, v in parts.items()}
-  return {**predictions, **reference_fields(config, exp.info, split, exp.builder.explanations)}
+  if not exp.builder.explanations:
+    del parts['reasons']
+  opensets = np.empty(len(parts['opensets']), object)
+  opensets[:] = parts.pop('opensets')
+  return {**{k: np.asarray(v) for k, v in parts.items()}, 'opensets': opensets}
 
 
 def classification_report(true: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -109,53 +110,68 @@ def classification_report(true: np.ndarray, pred: np.ndarray, labels: list[str])
   }
 
 
-def open_vocabulary_report(true: np.ndarray, label_texts: np.ndarray, labels: list[str]) -> dict[str, float]:
-  """Set precision, recall, F and hit rate of the generated answers' emotion words under the default grouping file.
+def open_vocabulary_report(true: np.ndarray, label_texts: np.ndarray, labels: list[str],
+                           wheels: Wheels | None = None, opensets: np.ndarray | None = None) -> dict[str, Any] | None:
+  """Open-vocabulary scores and hit rate of the generated answers' emotion words (metrics.score_open_vocabulary).
 
-  Each reference is the set of its one label. A generated answer's set is the words of its label
-  text (metrics.split_labels: 'happy, surprised' is two), whether or not they are closed-set labels:
-  the grouping file, not a fallback, decides which group each word is in ('gloomy' is in 'sad';
-  an unlisted word is its own group and matches nothing). An empty answer is the empty set (P = 0).
+  Each clip's reference is its open-vocabulary set when the dataset gives one (`opensets`), else
+  the set of its one label; clips with neither are left out (None when no clip has a reference).
+  A generated answer's set is the words of its label
+  text (metrics.split_labels: 'happy, surprised' is two), whether or not they are closed-set labels.
+  Without `wheels` the default grouping file decides each word's group ('gloomy' is in 'sad'; an
+  unlisted word is its own group and matches nothing); with them, the five emotion wheels do, as
+  the MER2025 OV track scores (an unlisted word is dropped). An empty answer is the empty set (P = 0).
   """
-  grouping = metrics.EmotionGrouping.load()
-  true_labels = [labels[i] for i in true]
-  pred_sets = [metrics.split_labels(str(text)) for text in label_texts]
-  return {**metrics.set_scores([[label] for label in true_labels], pred_sets, grouping),
-          'hit_rate': metrics.hit_rate(true_labels, pred_sets, grouping)}
+  if opensets is None:
+    opensets = [()] * len(true)
+  pairs = [(list(words) if words else [labels[label]], metrics.split_labels(str(text)))
+           for label, text, words in zip(true, label_texts, opensets) if words or label >= 0]
+  if not pairs:
+    return None
+  return metrics.score_open_vocabulary([r for r, _ in pairs], [p for _, p in pairs], wheels)
 
 
 def generated_samples(predictions: dict[str, np.ndarray], labels: list[str], count: int = 10) -> list[dict[str, str]]:
-  """The first `count` examples' clip name, true label and generated answer."""
+  """The first `count` examples' clip name, true label ('' when unlabelled) and generated answer."""
   rows = zip(predictions['names'][:count], predictions['true'][:count], predictions['texts'][:count])
-  return [{'name': str(name), 'label': labels[true], 'generated': str(text)} for name, true, text in rows]
+  return [{'name': str(name), 'label': labels[true] if true >= 0 else '', 'generated': str(text)}
+          for name, true, text in rows]
+
+
+def valence_report(true: np.ndarray, pred: np.ndarray, train_mean: float) -> dict[str, float] | None:
+  """MSE, CCC and the train-mean predictor's MSE over the clips that have a valence; None when none has."""
+  known = np.isfinite(true)
+  if not known.any():
+    return None
+  true, pred = true[known], pred[known]
+  return {'mse': metrics.mse(true, pred), 'ccc': metrics.ccc(true, pred), 'count': int(known.sum()),
+          'mean_predictor_mse': metrics.mse(true, np.full(len(true), train_mean)), 'train_mean': train_mean}
 
 
 def build_report(predictions: dict[str, np.ndarray], labels: list[str], train_valence_mean: float,
-                 split: str) -> dict[str, Any]:
+                 split: str, wheels: Wheels | None = None) -> dict[str, Any]:
   """The report: scored (headline) and generated classification, valence, open vocabulary, explanations, samples.
 
   Each classification also carries the MER2023 combined score, its WAF - 0.25 * valence MSE.
   'explanations' (token F1 and cue accuracy, see eval/cues.py) is None unless `predictions` holds
   reference reasons (a model trained with data.explanations) and some are non-empty.
   """
-  valence_mse = metrics.mse(predictions['valence_true'], predictions['valence_pred'])
-  kinds = {kind: classification_report(predictions['true'], predictions[kind], labels)
-           for kind in ('scored', 'generated')}
+  valence = valence_report(predictions['valence_true'], predictions['valence_pred'], train_valence_mean)
+  labelled = predictions['true'] >= 0
+  kinds = {kind: (classification_report(predictions['true'][labelled], predictions[kind][labelled], labels)
+                  if labelled.any() else None) for kind in ('scored', 'generated')}
   for report in kinds.values():
-    report['mer2023_score'] = metrics.mer2023_score(report['waf'], valence_mse)
+    if report is not None and valence is not None:
+      report['mer2023_score'] = metrics.mer2023_score(report['waf'], valence['mse'])
   return {
       'split': split,
       'count': int(len(predictions['true'])),
       'labels': labels,
       **kinds,
-      'valence': {
-          'mse': valence_mse,
-          'ccc': metrics.ccc(predictions['valence_true'], predictions['valence_pred']),
-          'mean_predictor_mse': metrics.mse(predictions['valence_true'],
-                                            np.full(len(predictions['valence_true']), train_valence_mean)),
-          'train_mean': train_valence_mean,
-      },
-      'open_vocabulary': open_vocabulary_report(predictions['true'], predictions['label_texts'], labels),
+      'labelled': int(labelled.sum()),
+      'valence': valence,
+      'open_vocabulary': open_vocabulary_report(predictions['true'], predictions['label_texts'], labels, wheels,
+                                                predictions.get('opensets')),
       'explanations': (cues.explanation_scores(predictions['reasons'].tolist(), predictions['explanations'].tolist())
                        if 'reasons' in predictions else None),
       'generated_samples': generated_samples(predictions, labels),
@@ -163,10 +179,14 @@ def build_report(predictions: dict[str, np.ndarray], labels: list[str], train_va
 
 
 def evaluate(experiment: Experiment, params: Any, split: str, out_dir: str | None = None,
-             progress: bool = True) -> dict[str, Any]:
-  """Evaluates `params` on `split`; writes report.json, report.md and the confusion PNG to `out_dir`."""
+             progress: bool = True, wheels: Wheels | None = None) -> dict[str, Any]:
+  """Evaluates `params` on `split`; writes report.json, report.md and the confusion PNG to `out_dir`.
+
+  `wheels` (eval/wheel.py) scores the open-vocabulary answers as the MER2025 OV track does; None
+  uses the default grouping file.
+  """
   predictions = predict_split(Predictor(experiment, params), split, progress)
-  report = build_report(predictions, experiment.labels, experiment.train_valence_mean, split)
+  report = build_report(predictions, experiment.labels, experiment.train_valence_mean, split, wheels)
   if out_dir is not None and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f'report_{split}.json'), 'w') as f:

@@ -14,7 +14,8 @@ Each level maps every listed word (and each group name itself) to its group name
 belong to at most one group per level, and a word a level does not list is its own group. Words
 are compared lower-cased with surrounding whitespace and punctuation removed. The default file,
 emotion_wheel.json beside this module, has a fine level (synonyms and word forms) and a coarse
-level (the six MER2023 labels plus disgust).
+level (the six MER2023 labels plus disgust). Given the MER2025 emotion-wheel folder instead,
+score_open_vocabulary scores as the official code does (eval/wheel.py), which drops unlisted words.
 """
 
 from collections.abc import Iterable, Sequence
@@ -22,11 +23,15 @@ import json
 import os
 import re
 import string
+from typing import Any
 
 import numpy as np
 
+from mer_jax.eval import wheel
+
 INVALID = -1
 DEFAULT_GROUPING = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'emotion_wheel.json')
+GROUPING_RULE = 'grouping file'
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -61,6 +66,13 @@ def weighted_f1(true: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
   scores = per_class_scores(true, pred, num_classes)
   total = scores['support'].sum()
   return float(np.sum(scores['f1'] * scores['support']) / total) if total else 0.0
+
+
+def scored_labels(scores: np.ndarray) -> np.ndarray:
+  """The best-scoring label of each row of [N, C] scores; INVALID for a row with a non-finite score."""
+  scores = np.asarray(scores)
+  finite = np.all(np.isfinite(scores), axis=-1)
+  return np.where(finite, np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=-1), INVALID)
 
 
 def mse(true: np.ndarray, pred: np.ndarray) -> float:
@@ -188,3 +200,21 @@ def hit_rate(true_labels: Sequence[str], pred_sets: Sequence[Iterable[str]], gro
             for true, pred in zip(true_labels, pred_sets) if normalize_word(true)]
     rates.append(float(np.mean(hits)) if hits else 0.0)
   return float(np.mean(rates))
+
+
+def score_open_vocabulary(references: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]],
+                          wheels: wheel.Wheels | None) -> dict[str, Any]:
+  """Open-vocabulary scores of predicted word sets against reference word sets; 'rule' names how words were grouped.
+
+  With `wheels`: the official emotion-wheel scores (wheel.set_scores: 'fscore', 'level1', 'level2').
+  Without: set_scores under the default grouping file ('precision', 'recall', 'f1'). 'hit_rate' is
+  given when every reference is one word (a closed-set label), else None.
+  """
+  one_word = all(len(reference) == 1 for reference in references)
+  labels = [reference[0] for reference in references] if one_word else []
+  if wheels is not None:
+    return {'rule': wheel.RULE, **wheel.set_scores(references, predictions, wheels),
+            'hit_rate': wheel.hit_rate(labels, predictions, wheels) if one_word else None}
+  grouping = EmotionGrouping.load()
+  return {'rule': GROUPING_RULE, **set_scores(references, predictions, grouping),
+          'hit_rate': hit_rate(labels, predictions, grouping) if one_word else None}

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mer_jax.data.descriptions import CUE_KINDS  # noqa: E402
+from mer_jax.eval import wheel  # noqa: E402
 
 
 def _score(value: float | None) -> str:
@@ -17,13 +18,20 @@ def _score(value: float | None) -> str:
 
 
 def _open_vocabulary_rows(report: dict[str, Any]) -> list[str]:
-  """Set P/R/F and hit rate of the generated labels, when the report has them."""
+  """Open-vocabulary scores of the generated labels and the rule that grouped their words, when the report has them."""
   scores = report.get('open_vocabulary')
   if not scores:
     return []
-  cells = ' | '.join(_score(scores[key]) for key in ('precision', 'recall', 'f1', 'hit_rate'))
-  return ['', '| open vocabulary (generated) | set precision | set recall | set F | hit rate |',
-          '|---|---|---|---|---|', f"| {report['split']} | {cells} |"]
+  if scores['rule'] == wheel.RULE:
+    header = [f'{level} {name}' for level in wheel.LEVELS for name in ('precision', 'recall', 'F')] + ['mean F']
+    values = [scores[level][key] for level in wheel.LEVELS for key in ('precision', 'recall', 'fscore')]
+    values.append(scores['fscore'])
+  else:
+    header = ['set precision', 'set recall', 'set F']
+    values = [scores[key] for key in ('precision', 'recall', 'f1')]
+  cells = ' | '.join(_score(value) for value in (*values, scores['hit_rate']))
+  return ['', f"| open vocabulary (generated) | {' | '.join(header)} | hit rate | rule |",
+          '|---|' + '---|' * (len(header) + 2), f"| {report['split']} | {cells} | {scores['rule']} |"]
 
 
 def _explanation_rows(report: dict[str, Any]) -> list[str]:
@@ -45,10 +53,15 @@ def summary_table(report: dict[str, Any]) -> str:
           '|---|---|---|---|---|---|---|---|---|']
   for kind in ('scored', 'generated'):
     r = report[kind]
-    rows.append(f"| {report['split']} | {report['count']} | {kind} | {r['accuracy']:.4f} | {r['waf']:.4f} | "
-                f"{r['macro_f1']:.4f} | {r['uar']:.4f} | {r['invalid']} | {r['mer2023_score']:.4f} |")
+    if r is None:
+      rows.append(f"| {report['split']} | {report['count']} | {kind} | no labelled clip | | | | | |")
+      continue
+    combined = f"{r['mer2023_score']:.4f}" if 'mer2023_score' in r else 'n/a'
+    rows.append(f"| {report['split']} | {report.get('labelled', report['count'])} | {kind} | {r['accuracy']:.4f} | "
+                f"{r['waf']:.4f} | {r['macro_f1']:.4f} | {r['uar']:.4f} | {r['invalid']} | {combined} |")
   rows += ['', '| valence MSE | valence CCC | mean-predictor MSE |', '|---|---|---|',
-           f"| {valence['mse']:.4f} | {valence['ccc']:.4f} | {valence['mean_predictor_mse']:.4f} |"]
+           f"| {valence['mse']:.4f} | {valence['ccc']:.4f} | {valence['mean_predictor_mse']:.4f} |"
+           if valence else '| no valence in this split | | |']
   return '\n'.join(rows + _open_vocabulary_rows(report) + _explanation_rows(report))
 
 
@@ -68,11 +81,13 @@ def write_markdown(report: dict[str, Any], path: str) -> None:
            'Generated: greedy decoding; an answer that is no known label is invalid and counts as wrong. '
            'MER2023 score: WAF - 0.25 x valence MSE. '
            'Open vocabulary: set scores and hit rate of the emotion words each generated answer gives (closed-set '
-           'label or not) under the default emotion grouping; an empty answer is the empty set. '
+           'label or not), grouped by the rule the table names: the grouping file (an unlisted word is its own '
+           'group) or the MER2025 emotion wheels (an unlisted word is dropped; scores averaged over the five '
+           'wheels, mean F over both levels); an empty answer is the empty set. '
            'Explanations: word-overlap F1 with the reference reason, and the share of clips whose explanation names '
            'the planted cue phrase of each kind (all cues: every kind right).',
            '', '| label | precision | recall | F1 | support |', '|---|---|---|---|---|']
-  for label, scores in report['scored']['per_class'].items():
+  for label, scores in (report['scored'] or {'per_class': {}})['per_class'].items():
     lines.append(f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | "
                  f"{int(scores['support'])} |")
   lines += _sample_rows(report)
@@ -81,7 +96,9 @@ def write_markdown(report: dict[str, Any], path: str) -> None:
 
 
 def plot_confusion(report: dict[str, Any], path: str) -> None:
-  """Saves the scored and generated confusion matrices side by side as a PNG."""
+  """Saves the scored and generated confusion matrices side by side as a PNG (none for an unlabelled split)."""
+  if report['scored'] is None:
+    return
   labels = report['labels']
   fig, axes = plt.subplots(1, 2, figsize=(12, 5))
   for ax, kind in zip(axes, ('scored', 'generated')):

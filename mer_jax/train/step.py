@@ -20,11 +20,15 @@ def answer_token_log_probs(logits: jax.Array, tokens: jax.Array, loss_mask: jax.
 
 
 def loss_sums(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None) -> dict[str, jax.Array]:
-  """Sums over the batch: answer-token negative log-likelihood, answer tokens, valence squared error."""
+  """Sums over the batch: answer-token negative log-likelihood, answer tokens, valence squared error.
+
+  Examples whose valence is missing (NaN: the dataset gives none) add no valence error.
+  """
   logits, valence = model(batch, rngs=rngs)
   log_prob_sum, count = answer_token_log_probs(logits, batch['tokens'], batch['loss_mask'])
-  return {'nll': -jnp.sum(log_prob_sum), 'tokens': jnp.sum(count),
-          'valence_sq_error': jnp.sum((valence - batch['valence']) ** 2)}
+  known = jnp.isfinite(batch['valence'])
+  error = jnp.where(known, valence - jnp.where(known, batch['valence'], 0.0), 0.0)
+  return {'nll': -jnp.sum(log_prob_sum), 'tokens': jnp.sum(count), 'valence_sq_error': jnp.sum(error ** 2)}
 
 
 def split_microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
@@ -42,12 +46,13 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
   With `microbatches` > 1 the gradient is accumulated by a `lax.scan` over equal slices of the
   batch. Every slice's loss is normalised by the whole batch's answer-token and example counts, so
   the summed gradient equals the one-big-batch gradient however the answer lengths are spread.
+  The valence error is averaged over the examples that have a valence.
   """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(jax.random.key(seed), state['step'])
     total_tokens = jnp.maximum(jnp.sum(batch['loss_mask'][:, 1:]), 1.0)
-    total_examples = batch['tokens'].shape[0]
+    total_examples = jnp.maximum(jnp.sum(jnp.isfinite(batch['valence'])), 1)
 
     def slice_loss(params, micro, micro_key):
       sums = loss_sums(nnx.merge(graphdef, params, rest), micro, nnx.Rngs(dropout=micro_key))

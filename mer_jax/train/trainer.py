@@ -62,7 +62,7 @@ def train(config: Any, workdir: str, stop_at: int | None = None) -> dict[str, An
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), train_config.keep_checkpoints)
   shard_index, shard_count, host_batch = experiment.host_shard(train_config.batch_size)
   dataset = pipeline.train_dataset(config, experiment.info, host_batch, shard_index=shard_index,
-                                   shard_count=shard_count)
+                                   shard_count=shard_count, builder=experiment.builder)
   iterator = iter(dataset)
 
   restored = checkpointer.restore_latest(experiment.abstract_state())
@@ -113,8 +113,10 @@ def train(config: Any, workdir: str, stop_at: int | None = None) -> dict[str, An
       val_report = evaluate(experiment, state['params'], 'val', progress=False)
       writer.write_scalars(step, validation_scalars(val_report))
       if is_chief:
+        valence = val_report['valence']
+        valence_text = f"valence MSE {valence['mse']:.4f}" if valence else 'no valence'
         print(f"  val  WAF {val_report['scored']['waf']:.4f}  ACC {val_report['scored']['accuracy']:.4f}  "
-              f"valence MSE {val_report['valence']['mse']:.4f}", flush=True)
+              f"{valence_text}", flush=True)
   checkpointer.close()
   writer.flush()
   writer.close()
@@ -122,11 +124,13 @@ def train(config: Any, workdir: str, stop_at: int | None = None) -> dict[str, An
 
 
 def validation_scalars(report: dict[str, Any]) -> dict[str, float]:
-  """The validation numbers written to TensorBoard."""
-  return {
+  """The validation numbers written to TensorBoard (valence only when the split has some)."""
+  scalars = {
       'val/waf': report['scored']['waf'],
       'val/accuracy': report['scored']['accuracy'],
       'val/generated_waf': report['generated']['waf'],
       'val/invalid': float(report['generated']['invalid']),
-      'val/valence_mse': report['valence']['mse'],
   }
+  if report['valence']:
+    scalars['val/valence_mse'] = report['valence']['mse']
+  return scalars

@@ -42,6 +42,19 @@ class ReaderOptions:
   language: str = 'english'  # mer2024, mer2025: transcript language, 'english' or 'chinese'
 
 
+# ReaderOptions field -> the formats that read it.
+OPTION_FORMATS = {'label_map': ('iemocap',), 'language': ('mer2024', 'mer2025')}
+
+
+def check_options(fmt: str, options: ReaderOptions) -> None:
+  """Refuses a reader option set to other than its default for a format that does not read it."""
+  for field in dataclasses.fields(ReaderOptions):
+    value = getattr(options, field.name)
+    if value != field.default and fmt not in OPTION_FORMATS[field.name]:
+      raise ValueError(f'--{field.name}={value} applies to --format {"/".join(OPTION_FORMATS[field.name])}, '
+                       f'not {fmt}')
+
+
 @dataclasses.dataclass
 class RawDataset:
   """What a reader found: the label vocabulary, the clips to decode, and the rows it dropped."""

@@ -32,7 +32,12 @@ def read_text(path: str, fallback: str | None = None) -> str:
 def read_csv(path: str, required: tuple[str, ...], fallback_encoding: str | None = None
              ) -> list[tuple[int, dict[str, str]]]:
   """(line number, row) pairs of a CSV with stripped header and cells; a missing required column raises FormatError."""
-  reader = csv.DictReader(io.StringIO(read_text(path, fallback_encoding), newline=''))
+  return parse_csv(read_text(path, fallback_encoding), path, required)
+
+
+def parse_csv(text: str, path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+  """read_csv on the already decoded `text` of the file `path` (for text that must be repaired first)."""
+  reader = csv.DictReader(io.StringIO(text, newline=''))
   columns = [c.strip() for c in reader.fieldnames or []]
   missing = [c for c in required if c not in columns]
   if missing:
@@ -117,11 +122,11 @@ def check_unique(name: str, seen: set[str], path: str, line: int) -> None:
   seen.add(name)
 
 
-def index_raw_dir(raw_dir: str) -> FileIndex:
+def index_raw_dir(raw_dir: str, extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> FileIndex:
   """The FileIndex of a raw dataset directory; FileNotFoundError when there is no such directory."""
   if not os.path.isdir(raw_dir):
     raise FileNotFoundError(f'raw dataset directory {os.path.abspath(raw_dir)} does not exist')
-  return FileIndex(raw_dir)
+  return FileIndex(raw_dir, extensions)
 
 
 def optional_file(files: FileIndex, name: str, layout: str) -> str:
