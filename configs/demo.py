@@ -87,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.audio.max_frames = 1500        # Whisper's positional table size (30 s)
   c.model.audio.num_soft_tokens = 4
   c.model.audio.init_from = ''           # a Hugging Face Whisper dir whose encoder initialises this one
+  c.model.audio.param_dtype = ''         # '' = model.param_dtype (e.g. 'bfloat16' for a frozen encoder)
 
   c.model.vision = ml_collections.ConfigDict()
   c.model.vision.image_size = 48 if not tiny else 32
@@ -98,6 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vision.num_soft_tokens = 4
   c.model.vision.act = 'quick_gelu'     # CLIP's activation
   c.model.vision.init_from = ''          # a Hugging Face CLIP dir whose vision tower initialises this one
+  c.model.vision.param_dtype = ''        # '' = model.param_dtype
 
   c.model.fusion = ml_collections.ConfigDict()
   c.model.fusion.kind = 'projector'      # 'projector' | 'qformer'
@@ -119,6 +121,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.llm.qkv_bias = False
   c.model.llm.tie_embeddings = False
   c.model.llm.init_from = ''             # a Hugging Face LLaMA/Qwen2 dir (its architecture must match the above)
+  c.model.llm.param_dtype = ''           # '' = model.param_dtype; 'bfloat16' keeps a frozen LLM at half the memory
+                                         # (LoRA adapters stay in model.param_dtype)
   # (any init_from may also be a `mer-jax convert` output: restored with Orbax onto the mesh's shardings)
 
   # LoRA adapters on the LLM's projections (q k v o gate up down); rank 0 = off. With adapters on and
@@ -140,6 +144,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 100 if not tiny else 3
   c.train.checkpoint_every = 100 if not tiny else 3
   c.train.keep_checkpoints = 3
+  c.train.max_bad_steps = 10             # stop after this many steps in a row with a non-finite loss or gradient
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64 if not tiny else 4

@@ -9,7 +9,9 @@ import ml_collections
 MESHES = {
     'v5p-64': {'data': 1, 'fsdp': 32, 'tensor': 1},   # TPU v5p-64: 32 chips, one slice
     '8xh100': {'data': 1, 'fsdp': 8, 'tensor': 1},    # one node of 8 H100 GPUs
+    '1xh100': {'data': 1, 'fsdp': 1, 'tensor': 1},    # one 80 GB GPU, with the single-GPU recipe below
 }
+SINGLE_GPU_MICROBATCHES = 16  # 64 examples a step in passes of 4
 
 
 def demo_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,7 +39,19 @@ def large_config(mesh: str) -> ml_collections.ConfigDict:
   c.train.steps = 10000
   c.train.warmup_steps = 500
   c.mesh.update(MESHES[mesh])
+  if mesh == '1xh100':
+    single_gpu_recipe(c)
   return c
+
+
+def single_gpu_recipe(c: ml_collections.ConfigDict) -> None:
+  """AffectGPT's one-card recipe: LLM and encoders frozen in bf16, LoRA rank 16 on all seven projections,
+  full remat, and gradient accumulation to the 8-GPU global batch."""
+  for part in (c.model.llm, c.model.audio, c.model.vision):
+    part.param_dtype = 'bfloat16'
+  c.model.lora.update(rank=16, alpha=32.0, targets=('q', 'k', 'v', 'o', 'gate', 'up', 'down'))
+  c.train.trainable = ('fusion', 'valence_head')
+  c.train.microbatches = SINGLE_GPU_MICROBATCHES
 
 
 def mesh_option(arg: str | None, default: str) -> str:

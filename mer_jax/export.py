@@ -19,7 +19,6 @@ differ from the unmerged model's by float rounding only.
 import functools
 import json
 import os
-from typing import Any
 
 from flax import nnx, traverse_util
 import jax
@@ -31,68 +30,22 @@ from mer_jax.eval.evaluate import Predictor
 from mer_jax.interop import hf
 from mer_jax.models import lora
 from mer_jax.models.llm import LLM
-from mer_jax.train import checkpoint
+from mer_jax.train import run
 from mer_jax.train.experiment import Experiment
-from mer_jax.train.state import PRETRAINED
+from mer_jax.train.run import PREPROCESSING_KEYS, read_json, write_json
 
 DTYPES = ('bfloat16', 'float32')
 FORMATS = ('bundle', 'hf')
 WEIGHTS_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
-PREPROCESSING_FILE = 'preprocessing.json'
+PREPROCESSING_FILE = run.PREPROCESSING_FILE
 BUNDLE_FILE = 'bundle.json'
-# The dataset_info.json entries that inference needs: labels and how `prepare` decoded the clips.
-PREPROCESSING_KEYS = ('labels', 'audio', 'frames', 'duration_s')
-
-
-def read_json(path: str, missing: str) -> dict:
-  """The JSON object in `path`; fails naming the file, with `missing` as the hint when it is absent."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: {missing}')
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except ValueError as error:
-    raise ValueError(f'{path} is not valid JSON: {error}') from error
-
-
-def write_json(path: str, value: Any) -> None:
-  """Writes `value` to `path` as indented JSON."""
-  with open(path, 'w') as f:
-    json.dump(value, f, indent=2)
 
 
 def check_dtype(dtype: str) -> None:
   """Refuses an export dtype other than DTYPES."""
   if dtype not in DTYPES:
     raise ValueError(f'unsupported export dtype {dtype!r}; choose from {DTYPES}')
-
-
-def one_host_config(config: ConfigDict, tokenizer: str) -> ConfigDict:
-  """A copy of a run config for inference on this host: no init_from, `tokenizer`, params sharded over its devices.
-
-  The LLM's vocabulary size is made explicit first, as it may come from the init_from checkpoint.
-  """
-  config = ConfigDict(json.loads(config.to_json()))
-  config.model.llm.vocab_size = config.model.llm.vocab_size or Experiment.pretrained_vocab_size(config)
-  for name in PRETRAINED:
-    config.model[name].init_from = ''
-  config.data.tokenizer = tokenizer
-  config.mesh.update(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
-  return config
-
-
-def restore_run(workdir: str) -> tuple[Experiment, int, dict]:
-  """The run's Experiment on this host's devices, and its newest checkpoint's step and params (no optimizer state)."""
-  run_config = ConfigDict(read_json(os.path.join(workdir, CONFIG_FILE), f'train a run in {workdir} first'))
-  tokenizer = os.path.abspath(pipeline.tokenizer_path(run_config))
-  experiment = Experiment(one_host_config(run_config, tokenizer), jax.local_devices())
-  directory = os.path.join(workdir, 'checkpoints')
-  restored = checkpoint.restore_latest_params(directory, experiment.abstract_state()['params'])
-  if restored is None:
-    raise FileNotFoundError(f'no usable checkpoint in {directory}')
-  step, params = restored
-  return experiment, step, params
 
 
 def stored_layout(shape: tuple[int, ...]) -> hf.Layout:
@@ -123,27 +76,22 @@ def bundle_config(config: ConfigDict, dtype: str) -> dict:
   return json.loads(config.to_json())
 
 
-def preprocessing(experiment: Experiment) -> dict:
-  """What predict and evaluate take from dataset_info.json, plus the training split's mean valence."""
-  return {**{key: experiment.info[key] for key in PREPROCESSING_KEYS},
-          'train_valence_mean': experiment.train_valence_mean}
-
-
 def export_bundle(workdir: str, out: str, dtype: str = 'bfloat16') -> dict:
   """Writes the run's newest checkpoint as an inference bundle in `out` (see the module docstring); returns bundle.json.
 
-  Reads the run's prepared dataset info and tokenizer. `out` must not exist; it appears complete or not at all.
+  Needs only the workdir (its inference/ files), not the run's dataset. `out` must not exist; it appears
+  complete or not at all.
   """
   check_dtype(dtype)
   hf.refuse_existing(out)  # before the checkpoint is read
-  experiment, step, params = restore_run(workdir)
+  experiment, step, params = run.restore_run(workdir)
   config = experiment.config
   manifest = describe_export(workdir, step, dtype, config)
 
   def write(tmp: str) -> None:
     write_params(os.path.join(tmp, WEIGHTS_FILE), lora.merge_adapters(params, config.model.lora), dtype)
     write_json(os.path.join(tmp, CONFIG_FILE), bundle_config(config, dtype))
-    write_json(os.path.join(tmp, PREPROCESSING_FILE), preprocessing(experiment))
+    write_json(os.path.join(tmp, PREPROCESSING_FILE), experiment.info)
     write_json(os.path.join(tmp, BUNDLE_FILE), manifest)
     chat.copy_tokenizer(config.data.tokenizer, tmp)
 
@@ -169,7 +117,7 @@ def export_hf(workdir: str, out: str, dtype: str = 'bfloat16') -> dict:
   """
   check_dtype(dtype)
   hf.refuse_existing(out)  # before the checkpoint is read
-  experiment, step, params = restore_run(workdir)
+  experiment, step, params = run.restore_run(workdir)
   config = experiment.config
   llm = backbone(config.model, lora.merge_adapters(params['llm'], config.model.lora))
 

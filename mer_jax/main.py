@@ -14,6 +14,9 @@ if TYPE_CHECKING:
   from mer_jax.eval.wheel import Wheels
 
 COMMANDS = ('synth', 'prepare', 'show', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert', 'export')
+# Commands that run as one job over all the processes of a launch (unless they only --print); the others
+# refuse a launch of several.
+MULTI_PROCESS_COMMANDS = ('train', 'sweep')
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/demo.py:modalities=audio.',
@@ -61,6 +64,9 @@ flags.DEFINE_string('wheels', None, 'Emotion-wheel folder (wheel1..5.xlsx, synon
 flags.DEFINE_string('suite', None, 'A suite file listing datasets and splits to evaluate one run on (evaluate).')
 flags.DEFINE_integer('workers', 2, 'Processes that decode clips (prepare).')
 flags.DEFINE_integer('limit', None, 'Show at most this many examples (show).')
+flags.DEFINE_bool('compile', False, 'Compile the train step ahead of time on as many fake CPU devices as the '
+                  'mesh has and report its real per-device memory, collectives and partitioning (describe).')
+flags.DEFINE_string('hbm_gb', 'h100', 'Accelerator memory per chip for describe --compile: GB, or v5p, v6e, h100, h200.')
 flags.DEFINE_bool('print', False, 'Print one `mer-jax train` command per point instead of running them (sweep).')
 
 
@@ -71,40 +77,19 @@ def require(command: str, *names: str) -> None:
     raise app.UsageError(f'mer-jax {command} needs {", ".join(missing)}')
 
 
-def save_config(config: ConfigDict, workdir: str) -> None:
-  """Writes the resolved config to workdir/config.json, reporting keys that changed since the last run."""
-  path = os.path.join(workdir, 'config.json')
-  new = json.loads(config.to_json())
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    changed = sorted(k for k in flatten(new).keys() | flatten(old).keys()
-                     if flatten(new).get(k) != flatten(old).get(k))
-    if changed:
-      print(f'config differs from {path} in: {", ".join(changed)}; the new values apply')
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(new, f, indent=2)
-
-
-def flatten(tree: dict, prefix: str = '') -> dict[str, object]:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  flat: dict[str, object] = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
-def load_run_config(workdir: str) -> ConfigDict:
-  """The config a run was trained with (workdir/config.json)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise app.UsageError(f'{path} not found: train a run in {workdir} first')
-  with open(path) as f:
-    return ConfigDict(json.load(f))
+def join_job(command: str) -> None:
+  """Joins the job's other processes (jax.distributed) or exits saying why not; reports a multi-process job's size."""
+  from mer_jax.train import distributed
+  multi_process = command in MULTI_PROCESS_COMMANDS and not FLAGS.print
+  try:
+    joined = distributed.join_job(command, multi_process, FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  except distributed.LaunchError as error:
+    sys.exit(f'error: {error}')
+  if multi_process:
+    import jax
+    if jax.process_index() == 0:
+      print(f'{jax.process_count()} process(es) ({joined}), {jax.device_count()} devices')
 
 
 def run_synth() -> None:
@@ -150,16 +135,15 @@ def run_show() -> None:
 
 def run_train() -> None:
   """mer-jax train --config FILE --workdir DIR: trains, or resumes from the latest checkpoint."""
-  import jax
-
-  from mer_jax.train import distributed
+  from mer_jax.eval.evaluate import Validation
+  from mer_jax.train.checkpoint import CheckpointMismatch
+  from mer_jax.train.run import RunError
   from mer_jax.train.trainer import train
   require('train', 'config', 'workdir')
-  joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  if jax.process_index() == 0:
-    print(f'{jax.process_count()} process(es) ({joined}), {jax.device_count()} devices')
-    save_config(FLAGS.config, FLAGS.workdir)
-  train(FLAGS.config, FLAGS.workdir)
+  try:
+    train(FLAGS.config, FLAGS.workdir, hooks=Validation(FLAGS.config.train.eval_every).hooks)
+  except (RunError, CheckpointMismatch, FileNotFoundError) as error:
+    sys.exit(f'error: {error}')
 
 
 def require_model(command: str) -> None:
@@ -186,39 +170,33 @@ def run_evaluate() -> None:
   --data evaluates on another prepared dataset (reports in eval/<its name>/); --suite on each
   dataset a suite file lists, with one table across them (eval/suite/).
   """
+  import jax
+
   from mer_jax.eval import suite
   from mer_jax.eval.evaluate import evaluate
   from mer_jax.eval.report import summary_table
-  from mer_jax.train.checkpoint import Checkpointer
-  from mer_jax.train.experiment import Experiment
+  from mer_jax.train import run
   require_model('evaluate')
   wheels = load_wheels()
   if FLAGS.bundle is not None:
     run_evaluate_bundle(wheels)
     return
-  config = load_run_config(FLAGS.workdir)
   try:
     entries = suite.read_suite(FLAGS.suite) if FLAGS.suite else []
-    if FLAGS.data:
-      config = suite.config_on(config, FLAGS.data)
-    experiment = Experiment(config)
+    data_dir = FLAGS.data or run.load_config(FLAGS.workdir).data.dir
+    experiment, step, params = run.restore_run(FLAGS.workdir, data_dir, jax.devices())
   except (OSError, ValueError) as error:
     raise app.UsageError(str(error)) from error
-  checkpointer = Checkpointer(os.path.join(FLAGS.workdir, 'checkpoints'), config.train.keep_checkpoints)
-  restored = checkpointer.restore_latest(experiment.abstract_state())
-  checkpointer.close()
-  if restored is None:
-    raise app.UsageError(f'no usable checkpoint in {checkpointer.directory}')
-  step, state, _ = restored
+  config = experiment.config
   out_dir = os.path.join(FLAGS.workdir, 'eval')
   if entries:
-    table = suite.evaluate_suite(config, state['params'], entries, os.path.join(out_dir, 'suite'), wheels)
+    table = suite.evaluate_suite(config, params, entries, os.path.join(out_dir, 'suite'), wheels)
     print(f'checkpoint step {step}; suite reports in {out_dir}/suite/')
     print(table)
     return
   if FLAGS.data:
     out_dir = os.path.join(out_dir, suite.data_name(config.data.dir))
-  report = evaluate(experiment, state['params'], FLAGS.split, out_dir, wheels=wheels)
+  report = evaluate(experiment, params, FLAGS.split, out_dir, wheels=wheels)
   print(f'checkpoint step {step}; report in {out_dir}/report_{FLAGS.split}.json')
   print(summary_table(report))
 
@@ -281,16 +259,36 @@ def run_convert() -> None:
 
 
 def run_describe() -> None:
-  """mer-jax describe --config FILE: parameter counts and per-device memory on the configured mesh."""
+  """mer-jax describe --config FILE [--compile --hbm_gb CHIP]: parameter counts and per-device memory on the mesh.
+
+  With --compile it exits 1 when the compiled step misses a target (memory, partitioning, collectives).
+  """
+  from mer_jax.train import compile_check
+  require('describe', 'config')
+  config = FLAGS.config
+  if FLAGS.compile:
+    try:
+      hbm_gb = compile_check.resolve_hbm(FLAGS.hbm_gb)
+      compile_check.use_fake_devices(compile_check.mesh_device_count(config))
+    except ValueError as error:
+      raise app.UsageError(str(error)) from error
   from mer_jax.data.pipeline import tokenizer_path
   from mer_jax.data.text import TextTokenizer
   from mer_jax.train.describe import describe, format_report
   from mer_jax.train.experiment import Experiment
-  require('describe', 'config')
-  config = FLAGS.config
   vocab_size = (config.model.llm.vocab_size or Experiment.pretrained_vocab_size(config)
                 or TextTokenizer(tokenizer_path(config)).vocab_size)
   print(format_report(describe(config, vocab_size)))
+  if not FLAGS.compile:
+    return
+  result = compile_check.compile_train_step(config, vocab_size)
+  print()
+  print(compile_check.format_compile_report(result, hbm_gb))
+  problems = compile_check.check(result, hbm_gb)
+  if problems:
+    sys.exit('does not meet the targets: ' + '; '.join(problems))
+  print(f'meets the targets: peak <= 85% of {hbm_gb:g} GB, partition efficiency >= 0.97, no collective over '
+        '1 GiB carrying the whole batch, no parameter over 1 MiB replicated')
 
 
 def run_predict(clips: list[str]) -> None:
@@ -328,7 +326,7 @@ def predict_clip_files(clips: list[str], sentences: list[str]) -> tuple[list[dic
     from mer_jax import export
     return predict.predict_with(export.read_preprocessing(FLAGS.bundle), clips, sentences,
                                 lambda: export.bundle_predictor(FLAGS.bundle))
-  return predict.predict_files(load_run_config(FLAGS.workdir), FLAGS.workdir, clips, sentences)
+  return predict.predict_files(FLAGS.workdir, clips, sentences)
 
 
 def run_export() -> None:
@@ -361,15 +359,20 @@ def run_sweep() -> None:
   if FLAGS.print:
     print('\n'.join(sweep.launch_commands(spec, FLAGS['config'].override_values, FLAGS.workdir, points)))
     return
+  import jax
+
+  from mer_jax.eval.evaluate import Validation
   from mer_jax.train.trainer import train
 
   def run_point(config: ConfigDict, workdir: str) -> dict:
-    save_config(config, workdir)
-    return train(config, workdir)
+    validation = Validation(config.train.eval_every)
+    train(config, workdir, hooks=validation.hooks)
+    return validation.report
 
   rows = sweep.run_points(FLAGS.config, points, FLAGS.workdir, run_point)
-  print(sweep.write_results(rows, FLAGS.workdir))
-  print(f'sweep table and plot in {FLAGS.workdir}/sweep.{{csv,md,png}}')
+  if jax.process_index() == 0:
+    print(sweep.write_results(rows, FLAGS.workdir))
+    print(f'sweep table and plot in {FLAGS.workdir}/sweep.{{csv,md,png}}')
 
 
 def main(argv: list[str]) -> None:
@@ -378,6 +381,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) != 2 and argv[1] != 'predict'):
     raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
+  join_job(argv[1])
   {'synth': run_synth, 'prepare': run_prepare, 'show': run_show, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
    'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'sweep': run_sweep,
    'convert': run_convert, 'export': run_export}[argv[1]]()

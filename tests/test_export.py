@@ -14,9 +14,10 @@ import transformers
 from mer_jax import export
 from mer_jax.data import pipeline
 from mer_jax.eval import predict
-from mer_jax.eval.evaluate import predict_split
+from mer_jax.eval.evaluate import Predictor, predict_split
 from mer_jax.interop import hf
 from mer_jax.models import lora
+from mer_jax.train import run as run_lib
 from tests.test_predict import mer_jax, train_tiny_run
 
 BF16_SCORE_TOLERANCE = 0.05    # mean answer log-likelihoods of about -7: bfloat16 weights move them by ~1e-2
@@ -34,8 +35,9 @@ def run(prepared_tiny, tmp_path_factory):
   export.export_bundle(workdir, out['f32'], 'float32')
   export.export_bundle(workdir, out['bf16'], 'bfloat16')
   export.export_hf(workdir, out['hf'], 'float32')
-  reference, step = predict.restore_predictor(config, workdir)
-  batch, _ = next(pipeline.eval_batches(config, reference.experiment.info, 'test', config.eval.batch_size))
+  experiment, step, params = run_lib.restore_run(workdir, prepared_tiny)
+  reference = Predictor(experiment, params)
+  batch, _ = next(pipeline.eval_batches(config, experiment.info, 'test', config.eval.batch_size))
   return {'config': config, 'workdir': workdir, 'reference': reference, 'step': step, 'batch': batch,
           'root': root, **out}
 
@@ -88,7 +90,7 @@ def test_predict_on_a_bundle_matches_the_workdir(run, prepared_tiny):
   video = os.path.join(os.path.dirname(prepared_tiny), 'raw', 'video')
   paths = [os.path.join(video, name) for name in sorted(os.listdir(video))[:3]]
   sentences = [''] * len(paths)
-  from_run, run_step = predict.predict_files(run['config'], run['workdir'], paths, sentences)
+  from_run, run_step = predict.predict_files(run['workdir'], paths, sentences)
   from_bundle, bundle_step = predict.predict_with(export.read_preprocessing(run['f32']), paths, sentences,
                                                   lambda: export.bundle_predictor(run['f32']))
   assert run_step == bundle_step == 2
@@ -148,7 +150,8 @@ def test_damaged_checkpoint_is_reported_and_left_in_place(run, tmp_path, capsys)
       path.write_bytes(b'garbage')
   with pytest.raises(FileNotFoundError, match='no usable checkpoint in'):
     export.export_bundle(str(workdir), str(tmp_path / 'out'))
-  assert f"checkpoint {workdir / 'checkpoints'}/2 does not restore" in capsys.readouterr().out
+  warning = capsys.readouterr().err
+  assert f"WARNING: checkpoint {workdir / 'checkpoints'}/2" in warning and 'cannot be read' in warning
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2'] and not (tmp_path / 'out').exists()
 
 

@@ -24,15 +24,13 @@ def mer_jax(*args: str) -> subprocess.CompletedProcess:
 
 
 def train_tiny_run(data_dir: str, workdir: str, **lora):
-  """Trains the tiny config 2 steps into workdir, config.model.lora updated by `lora`; saves config.json, returns it."""
+  """Trains the tiny config 2 steps into workdir, config.model.lora updated by `lora`; returns the config."""
   config = demo.get_config('variant=tiny')
   config.data.dir = data_dir
   config.train.steps = 2
   config.train.eval_every = 0
   config.model.lora.update(lora)
   train(config, workdir)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json())
   return config
 
 
@@ -53,7 +51,7 @@ def run(prepared_tiny, tmp_path_factory):
 
 def test_predict_files_reports_broken_files_and_predicts_the_rest(run):
   paths = [run['real'][0], run['empty'], run['missing'], run['real'][1]]
-  results, step = predict.predict_files(run['config'], run['workdir'], paths, [''] * len(paths))
+  results, step = predict.predict_files(run['workdir'], paths, [''] * len(paths))
   assert step == 2
   assert [r['file'] for r in results] == paths
   labels = list(pipeline.load_info(run['config'].data.dir)['labels'])

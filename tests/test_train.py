@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
-from mer_jax.eval.evaluate import evaluate
+from mer_jax.eval.evaluate import Validation, evaluate
 from mer_jax.train.checkpoint import Checkpointer
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.trainer import train
@@ -43,7 +43,7 @@ def runs(prepared_tiny, tmp_path_factory):
   root = tmp_path_factory.mktemp('runs')
   config = tiny_config(prepared_tiny)
   straight, resumed = str(root / 'straight'), str(root / 'resumed')
-  train(config, straight)
+  train(config, straight, hooks=Validation(config.train.eval_every).hooks)
   train(config, resumed, stop_at=4)
   stopped_step, _ = restore(resumed, config)
   train(config, resumed)
@@ -95,7 +95,7 @@ def test_damaged_newest_checkpoint_falls_back(runs, tmp_path, capsys):
         f.write(b'garbage')
   step, state = restore(workdir, runs['config'])
   assert step == 3
-  assert 'checkpoint' in capsys.readouterr().out and os.path.isdir(os.path.join(workdir, 'checkpoints', '6.damaged'))
+  assert 'is damaged' in capsys.readouterr().err and os.path.isdir(os.path.join(workdir, 'checkpoints', '6.damaged'))
   train(runs['config'], workdir)
   step_after, state_after = restore(workdir, runs['config'])
   _, reference = restore(runs['straight'], runs['config'])

@@ -14,6 +14,7 @@ from mer_jax.eval.generate import jit_generate
 from mer_jax.eval.wheel import Wheels
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.step import answer_token_log_probs
+from mer_jax.train.trainer import Hook, validation_scalars
 
 
 def with_answer(batch: dict[str, np.ndarray], answer: list[int], pad_id: int) -> dict[str, np.ndarray]:
@@ -36,17 +37,18 @@ class Predictor:
   def __init__(self, experiment: Experiment, params: Any):
     self.experiment = experiment
     self.params = params
-    forward = experiment.forward
+    forward = experiment.forward_fn
 
     def score(params: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
       logits, valence = forward(params, batch)
       total, count = answer_token_log_probs(logits, batch['tokens'], batch['loss_mask'])
       return total / count, valence
 
-    self.score = jax.jit(score)
+    self.score = experiment.on_mesh(jax.jit(score))
     tokenizer = experiment.builder.tokenizer
-    self.generate = jit_generate(experiment.parts.graphdef, max_new_tokens=experiment.config.eval.max_new_tokens,
-                                 stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+    self.generate = experiment.on_mesh(jit_generate(
+        experiment.parts.graphdef, max_new_tokens=experiment.config.eval.max_new_tokens,
+        stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id))
 
   def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Label scores [B, C] (mean answer log-likelihood), valence [B], generated tokens [B, T]."""
@@ -194,3 +196,33 @@ def evaluate(experiment: Experiment, params: Any, split: str, out_dir: str | Non
     report_lib.write_markdown(report, os.path.join(out_dir, f'report_{split}.md'))
     report_lib.plot_confusion(report, os.path.join(out_dir, f'confusion_{split}.png'))
   return report
+
+
+class Validation:
+  """Periodic validation as trainer hooks: one Predictor compiled once per run, given each step's params."""
+
+  def __init__(self, every: int, split: str = 'val'):
+    self.every = every
+    self.split = split
+    self.report: dict[str, Any] = {}
+
+  def hooks(self, experiment: Experiment) -> list[Hook]:
+    """The validation hook for `experiment`; none when validation is off or the job has several processes."""
+    if not self.every or experiment.config.data.val_fraction <= 0:
+      return []
+    if jax.process_count() > 1:
+      print('periodic validation runs in single-process jobs only; evaluate checkpoints with `mer-jax evaluate`')
+      return []
+    predictor = Predictor(experiment, None)
+
+    def validate(step: int, state: dict) -> dict[str, float]:
+      predictor.params = state['params']
+      self.report = build_report(predict_split(predictor, self.split, progress=False), experiment.labels,
+                                 experiment.train_valence_mean, self.split)
+      valence = self.report['valence']
+      valence_text = f"valence MSE {valence['mse']:.4f}" if valence else 'no valence'
+      print(f"  {self.split}  WAF {self.report['scored']['waf']:.4f}  ACC {self.report['scored']['accuracy']:.4f}  "
+            f"{valence_text}", flush=True)
+      return validation_scalars(self.report)
+
+    return [Hook(self.every, validate)]

@@ -7,12 +7,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mer_jax.data import media, pipeline
+from mer_jax.data import media
 from mer_jax.data.formats import mer2023
 from mer_jax.data.text import PromptBuilder
 from mer_jax.eval.evaluate import Predictor
-from mer_jax.train.checkpoint import Checkpointer
-from mer_jax.train.experiment import Experiment
+from mer_jax.train import run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +84,10 @@ def normalised_scores(scores: np.ndarray) -> np.ndarray:
 
 
 def predict_clips(predictor: Predictor, clips: list[Clip]) -> list[dict[str, Any]]:
-  """Per clip: scored label (headline), normalised scores, answer text, its parsed label and explanation, valence."""
+  """Per clip: scored label (headline), normalised scores, answer text, its parsed label and explanation, valence.
+
+  A clip whose scores are not finite gets label None (shown as invalid), never the first label.
+  """
   exp = predictor.experiment
   builder, labels = exp.builder, exp.labels
   results: list[dict[str, Any]] = []
@@ -97,10 +99,11 @@ def predict_clips(predictor: Predictor, clips: list[Clip]) -> list[dict[str, Any
       generated = out['generated'][row].tolist()
       answer_label = builder.parse_label(generated)
       best = int(np.argmax(probs[row]))
+      scored = bool(np.all(np.isfinite(probs[row])))
       results.append({
           'file': clips[len(results)].path,
-          'label': labels[best],
-          'score': float(probs[row, best]),
+          'label': labels[best] if scored else None,
+          'score': float(probs[row, best]) if scored else float('nan'),
           'scores': {label: float(p) for label, p in zip(labels, probs[row])},
           'answer': builder.answer_text(generated),
           'explanation': builder.label_and_explanation(generated)[1],
@@ -111,26 +114,22 @@ def predict_clips(predictor: Predictor, clips: list[Clip]) -> list[dict[str, Any
   return results
 
 
-def restore_predictor(config: Any, workdir: str) -> tuple[Predictor, int]:
-  """The Predictor of a run's latest usable checkpoint and its step; FileNotFoundError when there is none."""
-  experiment = Experiment(config)
-  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
-  restored = checkpointer.restore_latest(experiment.abstract_state())
-  checkpointer.close()
-  if restored is None:
-    raise FileNotFoundError(f'no usable checkpoint in {checkpointer.directory}')
-  step, state, _ = restored
-  return Predictor(experiment, state['params']), step
+def restore_predictor(workdir: str) -> tuple[Predictor, int]:
+  """The Predictor of a run's latest usable checkpoint (params only, read-only) and its step.
+
+  FileNotFoundError when there is none. Needs only the workdir, not the run's dataset.
+  """
+  experiment, step, params = run.restore_run(workdir)
+  return Predictor(experiment, params), step
 
 
-def predict_files(config: Any, workdir: str, paths: list[str],
-                  sentences: list[str]) -> tuple[list[dict[str, Any]], int | None]:
+def predict_files(workdir: str, paths: list[str], sentences: list[str]) -> tuple[list[dict[str, Any]], int | None]:
   """Decodes and predicts each file with a run's latest checkpoint -> (one result per file, checkpoint step).
 
   The step is None when no file decoded (the model is then not loaded).
   """
-  return predict_with(pipeline.load_info(config.data.dir), paths, sentences,
-                      lambda: restore_predictor(config, workdir))
+  info = run.inference_info(workdir, run.inference_config(workdir))
+  return predict_with(info, paths, sentences, lambda: restore_predictor(workdir))
 
 
 def predict_with(info: dict, paths: list[str], sentences: list[str],
@@ -168,7 +167,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
   if predicted:
     lines += ['| file | label (scored) | score | generated answer | parsed | valence |',
               '|---|---|---|---|---|---|']
-    lines += [f"| {_cell(r['file'])} | {r['label']} | {r['score']:.3f} | {_cell(r['answer'])} | "
+    lines += [f"| {_cell(r['file'])} | {r['label'] or 'invalid'} | {r['score']:.3f} | {_cell(r['answer'])} | "
               f"{r['answer_label'] if r['answer_valid'] else 'invalid'} | {r['valence']:+.3f} |" for r in predicted]
   failed = [r for r in results if 'error' in r]
   if failed:

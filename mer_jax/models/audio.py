@@ -113,12 +113,13 @@ class AudioEncoder(nnx.Module):
     Whisper pads every clip to 30 s (F = 2 * max_frames); here a shorter clip takes the first
     ceil(F / 2) positions of the table and attends only to its own frames.
     """
-    x = jax.nn.gelu(self.conv1(features.astype(self.dtype)), approximate=False)
-    x = jax.nn.gelu(self.conv2(x), approximate=False)
+    features = layers.constrain(features.astype(self.dtype), layers.HIDDEN)
+    x = jax.nn.gelu(self.conv1(features), approximate=False)
+    x = layers.constrain(jax.nn.gelu(self.conv2(x), approximate=False), layers.HIDDEN)
     if x.shape[1] > self.max_frames:
       raise ValueError(f'{x.shape[1]} audio frames exceed max_frames={self.max_frames}')
     x = x + sinusoids(self.max_frames, x.shape[-1])[:x.shape[1]].astype(self.dtype)
-    return self.norm(self.layers(x, rngs=rngs))
+    return layers.constrain(self.norm(self.layers(x, rngs=rngs)), layers.HIDDEN)
 
   def pool(self, tokens: jax.Array) -> jax.Array:
     """Mean-pools tokens [B, T', D] over equal chunks -> [B, num_soft_tokens, D]."""

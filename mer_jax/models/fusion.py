@@ -24,7 +24,8 @@ class Projector(nnx.Module):
   def __call__(self, features: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Maps pooled tokens {modality: [B, k_m, D_m]} -> soft tokens [B, sum k_m, width]."""
     del rngs
-    return jnp.concatenate([self.mlps[m](features[m]) for m in self.modalities], axis=1)
+    return layers.constrain(jnp.concatenate([self.mlps[m](features[m]) for m in self.modalities], axis=1),
+                            layers.HIDDEN)
 
 
 class QFormerBlock(nnx.Module):
@@ -47,7 +48,7 @@ class QFormerBlock(nnx.Module):
     k1, k2, k3 = layers.split_key(key, 3)
     x = x + layers.dropout(self.drop, self.self_attn(self.self_norm(x)), k1)
     x = x + layers.dropout(self.drop, self.cross_attn(self.cross_norm(x), memory), k2)
-    return x + layers.dropout(self.drop, self.mlp(self.mlp_norm(x)), k3)
+    return layers.constrain(x + layers.dropout(self.drop, self.mlp(self.mlp_norm(x)), k3), layers.HIDDEN)
 
 
 class QFormer(nnx.Module):
@@ -75,7 +76,7 @@ class QFormer(nnx.Module):
   def __call__(self, features: dict[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Maps encoder tokens {modality: [B, T_m, D_m]} -> soft tokens [B, num_queries, out_width]."""
     memory = jnp.concatenate([self.in_proj[m](features[m]) for m in self.modalities], axis=1)
-    memory = self.memory_norm(memory)
+    memory = layers.constrain(self.memory_norm(memory), layers.HIDDEN)
     queries = self.queries[...].astype(self.dtype)
-    x = jnp.broadcast_to(queries, (memory.shape[0], *queries.shape))
-    return self.out_proj(self.out_norm(self.layers(x, memory, rngs=rngs)))
+    x = layers.constrain(jnp.broadcast_to(queries, (memory.shape[0], *queries.shape)), layers.HIDDEN)
+    return layers.constrain(self.out_proj(self.out_norm(self.layers(x, memory, rngs=rngs))), layers.HIDDEN)

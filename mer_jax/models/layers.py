@@ -13,10 +13,10 @@ import numpy as np
 
 from mer_jax.models import lora
 
-# Logical axis names carried by every parameter (and used for activation constraints). The train
-# part maps each to a mesh axis (or None) with one rules table; every name here needs a rule. Some
-# kernels carry two widths ('audio_embed'/'vision_embed' -> 'fusion_embed' -> 'embed' in the
-# Q-Former projections), so those names must not share a mesh axis (e.g. 'fusion_embed' -> None).
+# Logical axis names carried by every parameter and activation. The train part maps each to a mesh
+# axis (or None) with one rules table; every name here needs a rule. Rules are applied in order and
+# a mesh axis is used once per array, so a kernel carrying two widths (('audio_embed',
+# 'fusion_embed') in the Q-Former's input projections) is split along the first that maps to it.
 LOGICAL_AXES: dict[str, str] = {
   'layers': 'stacked axis of scanned transformer layers',
   'vocab': 'token vocabulary (embedding rows, LM head columns)',
@@ -34,9 +34,20 @@ LOGICAL_AXES: dict[str, str] = {
   'positions': 'learned position table rows',
   'queries': 'learned query tokens',
   'lora_rank': 'rank of a LoRA adapter',
-  'batch': 'activation: examples',
-  'length': 'activation: sequence positions',
+  'batch': 'input batches: examples',
+  'activation_batch': 'activation: examples',
+  'activation_length': 'activation: sequence positions (tokens, audio frames, patches, queries)',
+  'activation_embed': 'activation: any model width (LLM, encoders, Q-Former)',
+  'activation_mlp': 'activation: MLP hidden width',
+  'activation_heads': 'activation: attention heads',
+  'activation_kv_heads': 'activation: key/value heads',
+  'activation_head_dim': 'activation: per-head width',
+  'activation_vocab': 'activation: vocabulary (logits)',
 }
+
+# Activations carry names of their own (as in MaxText), so parameter rules never decide their sharding.
+HIDDEN = ('activation_batch', 'activation_length', 'activation_embed')
+KV = ('activation_batch', 'activation_length', 'activation_kv_heads', 'activation_head_dim')
 
 Names = tuple[str, ...]
 Initializer = Callable[..., jax.Array]
@@ -271,9 +282,8 @@ class Attention(nnx.Module):
     q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
     rows = jnp.arange(x.shape[0])[:, None]
     at = index[:, None] + jnp.arange(x.shape[1])[None, :]
-    names = ('batch', 'length', 'kv_heads', 'head_dim')
-    cache_k = constrain(cache_k.at[rows, at].set(k.astype(cache_k.dtype), mode='drop'), names)
-    cache_v = constrain(cache_v.at[rows, at].set(v.astype(cache_v.dtype), mode='drop'), names)
+    cache_k = constrain(cache_k.at[rows, at].set(k.astype(cache_k.dtype), mode='drop'), KV)
+    cache_v = constrain(cache_v.at[rows, at].set(v.astype(cache_v.dtype), mode='drop'), KV)
     visible = jnp.arange(cache_k.shape[1])[None, None, :] <= at[:, :, None]
     out = jax.nn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
                                        mask=visible[:, None])
@@ -327,9 +337,10 @@ class DecoderBlock(nnx.Module):
 
   def __init__(self, features: int, num_heads: int, num_kv_heads: int, hidden: int, *,
                head_dim: int = 0, norm_eps: float = 1e-5, qkv_bias: bool = False,
-               dropout_rate: float = 0.0, lora_config: Any = None, dtype: jnp.dtype = jnp.float32,
-               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-    """`lora_config` (config.model.lora) with rank > 0 attaches LoRA adapters to its target projections."""
+               dropout_rate: float = 0.0, lora_config: Any = None, lora_param_dtype: Any = None,
+               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    """`lora_config` (config.model.lora) with rank > 0 attaches LoRA adapters to its target projections,
+    their parameters in `lora_param_dtype` (default: `param_dtype`)."""
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attn_norm = RMSNorm(features, eps=norm_eps, **common)
     self.attn = Attention(features, num_heads, num_kv_heads, head_dim=head_dim,
@@ -338,7 +349,8 @@ class DecoderBlock(nnx.Module):
     self.mlp = SwiGLU(features, hidden, **common)
     self.drop = nnx.Dropout(dropout_rate)
     if lora_config is not None and lora_config.rank > 0:
-      lora.add_adapters(self, lora_config, **common)
+      lora.add_adapters(self, lora_config, dtype=dtype, param_dtype=jnp.dtype(lora_param_dtype or param_dtype),
+                        rngs=rngs)
 
   def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, *,
                key: jax.Array | None = None) -> jax.Array:
@@ -347,7 +359,7 @@ class DecoderBlock(nnx.Module):
     lora_attn, lora_mlp = split_key(None if key is None else jax.random.fold_in(key, 1), 2)
     x = x + dropout(self.drop, self.attn(self.attn_norm(x), rotary=(sin, cos), causal=True, key=lora_attn), k1)
     x = x + dropout(self.drop, self.mlp(self.mlp_norm(x), lora_mlp), k2)
-    return constrain(x, ('batch', 'length', 'embed'))
+    return constrain(x, HIDDEN)
 
   def extend(self, x: jax.Array, cache_k: jax.Array, cache_v: jax.Array, index: jax.Array,
              sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -356,7 +368,7 @@ class DecoderBlock(nnx.Module):
                                                   rotary=(sin, cos))
     x = x + attended
     x = x + self.mlp(self.mlp_norm(x))
-    return constrain(x, ('batch', 'length', 'embed')), cache_k, cache_v
+    return constrain(x, HIDDEN), cache_k, cache_v
 
 
 class EncoderBlock(nnx.Module):
@@ -377,7 +389,7 @@ class EncoderBlock(nnx.Module):
     """Applies the block to x [B, T, D]."""
     k1, k2 = split_key(key, 2)
     x = x + dropout(self.drop, self.attn(self.attn_norm(x)), k1)
-    return x + dropout(self.drop, self.mlp(self.mlp_norm(x)), k2)
+    return constrain(x + dropout(self.drop, self.mlp(self.mlp_norm(x)), k2), HIDDEN)
 
 
 class KVCache(NamedTuple):
@@ -396,8 +408,7 @@ class KVCache(NamedTuple):
             dtype: jnp.dtype) -> 'KVCache':
     """An empty cache (every length 0)."""
     shape = (num_layers, batch, max_len, kv_heads, head_dim)
-    names = ('layers', 'batch', 'length', 'kv_heads', 'head_dim')
-    empty = constrain(jnp.zeros(shape, dtype), names)
+    empty = constrain(jnp.zeros(shape, dtype), ('layers', *KV))
     return cls(empty, empty, jnp.zeros([batch], jnp.int32))
 
 

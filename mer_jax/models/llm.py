@@ -13,8 +13,10 @@ class LLM(nnx.Module):
 
   def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int, *, dtype: str = 'float32',
                param_dtype: str = 'float32', dropout: float = 0.0, remat: str = 'none',
-               lora_config: ml_collections.ConfigDict | None = None, rngs: nnx.Rngs):
-    """`lora_config` is config.model.lora: adapters on each block's target projections when its rank > 0."""
+               lora_config: ml_collections.ConfigDict | None = None, lora_param_dtype: str | None = None,
+               rngs: nnx.Rngs):
+    """`lora_config` is config.model.lora: adapters on each block's target projections when its rank > 0,
+    their parameters in `lora_param_dtype` (default: `param_dtype`)."""
     if lora_config is not None:
       lora.check_config(lora_config)
     dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
@@ -23,7 +25,8 @@ class LLM(nnx.Module):
     self.layers = layers.Stack(
       lambda r: layers.DecoderBlock(cfg.width, cfg.heads, cfg.kv_heads, cfg.mlp, head_dim=cfg.head_dim,
                                     norm_eps=cfg.norm_eps, qkv_bias=cfg.qkv_bias, dropout_rate=dropout,
-                                    lora_config=lora_config, **common, rngs=r),
+                                    lora_config=lora_config, lora_param_dtype=lora_param_dtype, **common,
+                                    rngs=r),
       cfg.layers, remat=remat, rngs=rngs)
     self.norm = layers.RMSNorm(cfg.width, eps=cfg.norm_eps, **common, rngs=rngs)
     if cfg.tie_embeddings:
@@ -38,7 +41,7 @@ class LLM(nnx.Module):
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     """Embeds int tokens [B, L] -> [B, L, width] in the compute dtype."""
-    return layers.constrain(self.embed(tokens), ('batch', 'length', 'embed'))
+    return layers.constrain(self.embed(tokens), layers.HIDDEN)
 
   def forward(self, embeddings: jax.Array, *, positions: jax.Array | None = None,
               rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
@@ -47,7 +50,7 @@ class LLM(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     sin, cos = self.rotary(positions)
-    x = self.layers(layers.constrain(embeddings, ('batch', 'length', 'embed')), sin, cos, rngs=rngs)
+    x = self.layers(layers.constrain(embeddings, layers.HIDDEN), sin, cos, rngs=rngs)
     hidden = self.norm(x)
     return self.logits(hidden), hidden
 
@@ -58,7 +61,7 @@ class LLM(nnx.Module):
   def logits(self, hidden: jax.Array) -> jax.Array:
     """LM head: final-normed hidden [B, L, D] -> logits float32 [B, L, vocab]."""
     logits = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
-    return layers.constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    return layers.constrain(logits.astype(jnp.float32), ('activation_batch', 'activation_length', 'activation_vocab'))
 
   def init_cache(self, batch: int, max_len: int) -> layers.KVCache:
     """An empty KV cache for `batch` sequences of up to `max_len` positions, in the compute dtype."""
@@ -73,7 +76,7 @@ class LLM(nnx.Module):
     """
     positions = cache.lengths[:, None] + jnp.arange(embeddings.shape[1], dtype=jnp.int32)[None, :]
     sin, cos = self.rotary(positions)
-    x, cache = self.layers.extend(layers.constrain(embeddings, ('batch', 'length', 'embed')), cache, sin, cos)
+    x, cache = self.layers.extend(layers.constrain(embeddings, layers.HIDDEN), cache, sin, cos)
     return self.norm(x), cache
 
   def __call__(self, tokens: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:

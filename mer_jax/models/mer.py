@@ -41,8 +41,13 @@ class MERModel(nnx.Module):
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     common = dict(dtype=dtype, param_dtype=param_dtype)
     stack = dict(dropout=cfg.dropout, remat=cfg.remat, **common)
-    self.audio = AudioEncoder(cfg.audio, **stack, rngs=rngs) if 'audio' in cfg.modalities else None
-    self.vision = VisionEncoder(cfg.vision, **stack, rngs=rngs) if 'video' in cfg.modalities else None
+
+    def part(name: str) -> dict:
+      """`stack` with the part's own parameter dtype (config.model.<name>.param_dtype), if it sets one."""
+      return {**stack, 'param_dtype': jnp.dtype(cfg[name].get('param_dtype') or param_dtype)}
+
+    self.audio = AudioEncoder(cfg.audio, **part('audio'), rngs=rngs) if 'audio' in cfg.modalities else None
+    self.vision = VisionEncoder(cfg.vision, **part('vision'), rngs=rngs) if 'video' in cfg.modalities else None
     widths, num_soft = {}, 0
     if self.audio is not None:
       widths['audio'], num_soft = cfg.audio.width, num_soft + cfg.audio.num_soft_tokens
@@ -60,7 +65,8 @@ class MERModel(nnx.Module):
                             num_heads=cfg.fusion.qformer_heads, num_layers=cfg.fusion.qformer_layers,
                             **stack, rngs=rngs)
     self.num_soft_tokens = num_soft
-    self.llm = LLM(cfg.llm, vocab_size, **stack, lora_config=cfg.lora, rngs=rngs)
+    self.llm = LLM(cfg.llm, vocab_size, **part('llm'), lora_config=cfg.lora, lora_param_dtype=param_dtype,
+                   rngs=rngs)
     self.valence_head = ValenceHead(cfg.llm.width, **common, rngs=rngs)
 
   def encode_soft_tokens(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -84,7 +90,7 @@ class MERModel(nnx.Module):
         raise ValueError(f'soft_positions has {positions.shape[1]} slots, the model makes '
                          f'{self.num_soft_tokens} soft tokens')
       embeddings = splice(embeddings, self.encode_soft_tokens(batch, rngs=rngs), positions)
-    return embeddings
+    return layers.constrain(embeddings, layers.HIDDEN)
 
   def __call__(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
     """Returns (logits float32 [B, L, vocab], valence float32 [B]); dropout is active iff rngs is given."""

@@ -61,11 +61,11 @@ class VisionEncoder(nnx.Module):
     """Encodes uint8 frames [B, N, H, W, 3] -> per-frame class-token features [B, N, width]."""
     batch, num_frames = frames.shape[:2]
     x = self.preprocess(frames.reshape(batch * num_frames, *frames.shape[2:]))
-    return self.encode(x, rngs=rngs).reshape(batch, num_frames, -1)
+    return layers.constrain(self.encode(x, rngs=rngs).reshape(batch, num_frames, -1), layers.HIDDEN)
 
   def encode(self, pixels: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Encodes normalised pixels [M, image_size, image_size, 3] -> post-normed class tokens [M, width]."""
-    x = self.patch_embed(patchify(pixels.astype(self.dtype), self.patch_size))
+    x = layers.constrain(self.patch_embed(patchify(pixels.astype(self.dtype), self.patch_size)), layers.HIDDEN)
     cls = jnp.broadcast_to(self.class_embed[...].astype(self.dtype), (x.shape[0], 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1) + self.positions[...].astype(self.dtype)
     x = self.layers(self.pre_norm(x), rngs=rngs)

@@ -3,12 +3,13 @@
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from mer_jax.data import pipeline
 from mer_jax.interop import weights
 from mer_jax.train import sharding, state as state_lib
-from mer_jax.train.optim import make_optimizer
+from mer_jax.train.optim import make_optimizer, trainable_labels
 from mer_jax.train.step import make_forward, make_train_step
 
 
@@ -23,7 +24,15 @@ class ModelSetup:
     self.parts = state_lib.build_model_parts(config, vocab_size, self.mesh, self.rules)
     self.tx: optax.GradientTransformation = make_optimizer(config.train, self.parts.abstract_params)
     self.state_shardings = state_lib.train_state_shardings(self.parts, self.tx, self.mesh)
-    self.forward = jax.jit(make_forward(self.parts.graphdef, self.parts.rest))
+    self.compute_dtype = jnp.dtype(config.model.dtype)
+    # The pure forward (for use inside other jitted functions) and its own jitted, on-mesh form.
+    self.forward_fn = make_forward(self.parts.graphdef, self.parts.rest, self.compute_dtype,
+                                   self.parts.param_shardings)
+    self.forward = self.on_mesh(jax.jit(self.forward_fn))
+
+  def on_mesh(self, jitted: Callable) -> sharding.OnMesh:
+    """`jitted` traced and run under this setup's mesh and logical-axis rules (see sharding.OnMesh)."""
+    return sharding.OnMesh(jitted, self.mesh, self.rules)
 
   def init_state(self) -> dict:
     """A fresh train state, created sharded on the mesh."""
@@ -33,13 +42,19 @@ class ModelSetup:
     """The train state's shapes and shardings, for restoring."""
     return state_lib.abstract_train_state(self.parts, self.tx, self.state_shardings)
 
-  def train_step(self) -> Callable[[dict, dict], tuple[dict, dict]]:
-    """The step jitted with explicit state shardings and the state donated."""
+  def train_step(self) -> sharding.OnMesh:
+    """The step jitted with explicit state shardings and the state donated, traced under the mesh and rules."""
     train = self.config.train
     step = make_train_step(self.parts.graphdef, self.parts.rest, self.tx, self.config.seed,
-                           train.valence_loss_weight, train.microbatches)
-    return jax.jit(step, in_shardings=(self.state_shardings, None),
-                   out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+                           train.valence_loss_weight, train.microbatches, self.compute_dtype,
+                           self.parts.param_shardings, self.trainable())
+    return self.on_mesh(jax.jit(step, in_shardings=(self.state_shardings, None),
+                                out_shardings=(self.state_shardings, None), donate_argnums=(0,)))
+
+  def trainable(self) -> Any:
+    """True for each parameter that config.train.trainable (and LoRA) lets train, False for frozen ones."""
+    labels = trainable_labels(self.config.train, self.parts.abstract_params)
+    return jax.tree.map(lambda label: label == 'train', labels)
 
   def global_batch(self, batch: dict) -> dict[str, jax.Array]:
     """This host's batch as global arrays on the mesh."""

@@ -1,8 +1,10 @@
 """Device mesh, the logical-axis rules table, and host batches turned into global arrays."""
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
@@ -14,7 +16,14 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 # the model uses (mer_jax.models.layers.LOGICAL_AXES) needs a rule.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('batch', ('data', 'fsdp')),
-    ('length', None),
+    ('activation_batch', ('data', 'fsdp')),
+    ('activation_length', None),
+    ('activation_embed', None),
+    ('activation_mlp', 'tensor'),
+    ('activation_heads', 'tensor'),
+    ('activation_kv_heads', 'tensor'),
+    ('activation_head_dim', None),
+    ('activation_vocab', 'tensor'),
     ('layers', None),
     ('vocab', 'tensor'),
     ('embed', 'fsdp'),
@@ -24,7 +33,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('head_dim', None),
     ('audio_embed', 'fsdp'),
     ('vision_embed', 'fsdp'),
-    ('fusion_embed', None),
+    ('fusion_embed', 'fsdp'),
     ('conv_width', None),
     ('conv_in', None),
     ('patch', None),
@@ -100,6 +109,33 @@ def build_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) ->
   device_array = mesh_utils.create_hybrid_device_mesh(inside, across, devices,
                                                       process_is_granule=len(slices) != granules)
   return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=axis_types)
+
+
+class OnMesh:
+  """A jitted function traced, lowered and called inside its mesh and logical-axis rules.
+
+  Outside that context every activation constraint of the model is a silent no-op, and XLA is
+  left to guess how activations are sharded (on an fsdp mesh: like the weights, so that every
+  device computes the whole global batch).
+  """
+
+  def __init__(self, jitted: Callable, mesh: jax.sharding.Mesh, rules: Any):
+    self.jitted, self.mesh, self.rules = jitted, mesh, rules
+
+  @contextlib.contextmanager
+  def context(self):
+    """The mesh and rules context the function runs in."""
+    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+      yield
+
+  def __call__(self, *args: Any) -> Any:
+    with self.context():
+      return self.jitted(*args)
+
+  def lower(self, *args: Any) -> Any:
+    """The function lowered for `args` (arrays or ShapeDtypeStructs) under the mesh and rules."""
+    with self.context():
+      return self.jitted.lower(*args)
 
 
 def logical_to_shardings(specs: Any, mesh: jax.sharding.Mesh, rules: Any) -> Any:

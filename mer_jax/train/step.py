@@ -31,6 +31,31 @@ def loss_sums(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | N
   return {'nll': -jnp.sum(log_prob_sum), 'tokens': jnp.sum(count), 'valence_sq_error': jnp.sum(error ** 2)}
 
 
+def for_compute(params: Any, dtype: Any, shardings: Any) -> Any:
+  """Matrices (2+ dims) of a wider float dtype than `dtype`, cast to it where they lie.
+
+  Every layer casts its weights to the compute dtype anyway; casting them first, each shard on its
+  own device, makes the FSDP all-gathers move compute-dtype bytes (half of float32's for bf16).
+  """
+  def cast(param: jax.Array, sharding: jax.sharding.Sharding) -> jax.Array:
+    wider = (param.ndim >= 2 and jnp.issubdtype(param.dtype, jnp.floating)
+             and jnp.finfo(param.dtype).bits > jnp.finfo(dtype).bits)
+    return jax.lax.with_sharding_constraint(param.astype(dtype), sharding) if wider else param
+
+  return jax.tree.map(cast, params, shardings)
+
+
+def split_trainable(params: Any, trainable: Any) -> tuple[Any, Any]:
+  """(trainable, frozen) copies of a params tree, each with None where the other holds the leaf."""
+  pick = lambda keep: jax.tree.map(lambda p, t: p if t == keep else None, params, trainable)
+  return pick(True), pick(False)
+
+
+def merge_trainable(first: Any, second: Any) -> Any:
+  """The params tree whose leaves come from `first`, or from `second` where `first` holds None."""
+  return jax.tree.map(lambda a, b: b if a is None else a, first, second, is_leaf=lambda x: x is None)
+
+
 def split_microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
   """Reshapes every [B, ...] array to [count, B / count, ...]."""
   size = batch['tokens'].shape[0]
@@ -40,13 +65,20 @@ def split_microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax
 
 
 def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, seed: int,
-                    valence_weight: float, microbatches: int = 1) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    valence_weight: float, microbatches: int = 1, compute_dtype: Any = jnp.float32,
+                    param_shardings: Any = None, trainable: Any = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """A pure train step: dropout keyed by (seed, step), so a resumed run repeats the same randomness.
+
+  With `param_shardings`, weights enter the model cast to `compute_dtype` (see for_compute).
+  `trainable` (a tree of bools like the params; None: all) limits differentiation to the parameters
+  that train: frozen ones get zero gradients without any gradient buffer or backward pass of their own.
 
   With `microbatches` > 1 the gradient is accumulated by a `lax.scan` over equal slices of the
   batch. Every slice's loss is normalised by the whole batch's answer-token and example counts, so
   the summed gradient equals the one-big-batch gradient however the answer lengths are spread.
-  The valence error is averaged over the examples that have a valence.
+  The valence error is averaged over the examples that have a valence. A step whose loss or
+  gradient norm is not finite leaves params and optimizer state as they were (metric 'skipped' = 1).
   """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
@@ -54,38 +86,52 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
     total_tokens = jnp.maximum(jnp.sum(batch['loss_mask'][:, 1:]), 1.0)
     total_examples = jnp.maximum(jnp.sum(jnp.isfinite(batch['valence'])), 1)
 
-    def slice_loss(params, micro, micro_key):
+    def slice_loss(train_params, frozen_params, micro, micro_key):
+      params = merge_trainable(train_params, frozen_params)
+      if param_shardings is not None:
+        params = for_compute(params, compute_dtype, param_shardings)
       sums = loss_sums(nnx.merge(graphdef, params, rest), micro, nnx.Rngs(dropout=micro_key))
       loss = sums['nll'] / total_tokens + valence_weight * sums['valence_sq_error'] / total_examples
       return loss, sums
 
+    mask = jax.tree.map(lambda _: True, state['params']) if trainable is None else trainable
+    train_params, frozen_params = split_trainable(state['params'], mask)
     grad_fn = jax.grad(slice_loss, has_aux=True)
     if microbatches == 1:
-      grads, sums = grad_fn(state['params'], batch, key)
+      grads, sums = grad_fn(train_params, frozen_params, batch, key)
     else:
       def accumulate(carry, inputs):
         index, micro = inputs
-        grads, sums = grad_fn(state['params'], micro, jax.random.fold_in(key, index))
+        grads, sums = grad_fn(train_params, frozen_params, micro, jax.random.fold_in(key, index))
         return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, (state['params'], {'nll': 0.0, 'tokens': 0.0, 'valence_sq_error': 0.0}))
+      zeros = jax.tree.map(jnp.zeros_like, (train_params, {'nll': 0.0, 'tokens': 0.0, 'valence_sq_error': 0.0}))
       (grads, sums), _ = jax.lax.scan(
           accumulate, zeros, (jnp.arange(microbatches), split_microbatches(batch, microbatches)))
+    grads = merge_trainable(grads, jax.tree.map(jnp.zeros_like, frozen_params))
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     lm_loss = sums['nll'] / total_tokens
     valence_mse = sums['valence_sq_error'] / total_examples
-    metrics = {'loss': lm_loss + valence_weight * valence_mse, 'lm_loss': lm_loss, 'valence_mse': valence_mse,
-               'grad_norm': optax.tree.norm(grads)}
+    loss = lm_loss + valence_weight * valence_mse
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state['params'], state['opt_state']))
+    metrics = {'loss': loss, 'lm_loss': lm_loss, 'valence_mse': valence_mse, 'grad_norm': grad_norm,
+               'skipped': 1.0 - finite.astype(jnp.float32)}
     return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
 
   return train_step
 
 
-def make_forward(graphdef: nnx.GraphDef, rest: Any) -> Callable[[Any, dict], tuple[jax.Array, jax.Array]]:
-  """Logits and valence for a batch, without dropout."""
+def make_forward(graphdef: nnx.GraphDef, rest: Any, compute_dtype: Any = jnp.float32,
+                 param_shardings: Any = None) -> Callable[[Any, dict], tuple[jax.Array, jax.Array]]:
+  """Logits and valence for a batch, without dropout (weights cast as in make_train_step)."""
 
   def forward(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    if param_shardings is not None:
+      params = for_compute(params, compute_dtype, param_shardings)
     return nnx.merge(graphdef, params, rest)(batch)
 
   return forward

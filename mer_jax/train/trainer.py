@@ -1,29 +1,52 @@
-"""The training loop: sharded steps, clu metrics to TensorBoard, progress, validation, Orbax checkpoints."""
+"""The training loop: sharded steps, clu metrics to TensorBoard, progress, Orbax checkpoints; periodic work as hooks.
 
+The loop stops cleanly on SIGTERM or Ctrl-C (checkpoint at the end of the step, exit 0), skips
+steps that are not finite and stops after train.max_bad_steps of them in a row, and holds the
+workdir's lock so that one trainer at a time writes to it.
+"""
+
+import contextlib
+import dataclasses
 import os
+import signal
+import threading
 import time
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.struct
 import jax
-from clu import metric_writers
 from clu import metrics as clu_metrics
 
 from mer_jax.data import pipeline
-from mer_jax.eval.evaluate import evaluate
-from mer_jax.train.checkpoint import Checkpointer
+from mer_jax.train import run
+from mer_jax.train.checkpoint import Checkpointer, failure_reason
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.optim import learning_rate_schedule, parameter_counts
+
+# Errors a failing read of the training data or a failing checkpoint write raise (I/O, tensorstore, Riegeli).
+IO_ERRORS = (OSError, ValueError, RuntimeError)
 
 
 @flax.struct.dataclass
 class TrainMetrics(clu_metrics.Collection):
-  """Running averages of the step's outputs between log lines."""
+  """Running averages of the applied steps' outputs between log lines."""
 
   loss: clu_metrics.Average.from_output('loss')
   lm_loss: clu_metrics.Average.from_output('lm_loss')
   valence_mse: clu_metrics.Average.from_output('valence_mse')
   grad_norm: clu_metrics.Average.from_output('grad_norm')
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+  """Periodic work: run(step, state) after every `every`-th step and after the last; returns TensorBoard scalars."""
+
+  every: int
+  run: Callable[[int, dict], dict[str, float]]
+
+
+# Builds a run's hooks once its Experiment exists (so that hooks can compile against its model and mesh).
+HookFactory = Callable[[Experiment], Sequence[Hook]]
 
 
 def format_duration(seconds: float) -> str:
@@ -50,77 +73,206 @@ class Progress:
             'eta_sec': (self.total_steps - step) / max(steps_per_sec, 1e-9)}
 
 
-def train(config: Any, workdir: str, stop_at: int | None = None) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir` to config.train.steps; returns the last validation report.
+class StopSignals:
+  """SIGTERM, and a first Ctrl-C, ask the loop to stop at the end of the current step; a second Ctrl-C stops at once.
+
+  In a multi-process job JAX's preemption service receives SIGTERM, and Orbax's preemption sync
+  point gives every process the same step to stop at.
+  """
+
+  def __init__(self, multiprocess: bool):
+    self.multiprocess = multiprocess
+    self.received: str | None = None
+    self.previous: dict[int, Any] = {}
+
+  def __enter__(self) -> 'StopSignals':
+    if not self.multiprocess and threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self.previous[signum] = signal.signal(signum, self.handle)
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    for signum, handler in self.previous.items():
+      signal.signal(signum, handler)
+
+  def handle(self, signum: int, frame: Any) -> None:
+    """Records the signal; a second Ctrl-C raises KeyboardInterrupt."""
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT and self.received == name:
+      raise KeyboardInterrupt
+    self.received = name
+    print(f'\n{name} received: stopping at the end of this step with a checkpoint'
+          f'{" (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""}', flush=True)
+
+  def stop_requested(self, step: int, checkpointer: Checkpointer) -> bool:
+    """Whether to stop after `step`: a signal here, or (multi-process) the agreed preemption step."""
+    if self.multiprocess and checkpointer.manager.reached_preemption(step):
+      self.received = 'preemption notice'
+    return self.received is not None
+
+
+class BadSteps:
+  """Steps whose loss or gradients were not finite (not applied); the run stops after `limit` in a row."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self.in_row: list[tuple[int, float, float]] = []
+    self.since_log = 0
+
+  def record(self, step: int, metrics: dict) -> bool:
+    """Counts the step if it was skipped (reported on its own line); returns whether it was."""
+    if not float(metrics['skipped']):
+      self.in_row = []
+      return False
+    loss, grad_norm = float(metrics['loss']), float(metrics['grad_norm'])
+    self.in_row.append((step, loss, grad_norm))
+    self.since_log += 1
+    if jax.process_index() == 0:
+      print(f'step {step} not applied: loss {loss}, gradient norm {grad_norm} '
+            f'({len(self.in_row)} in a row; train.max_bad_steps={self.limit})', flush=True)
+    return True
+
+  def limit_reached(self) -> bool:
+    """Whether the last `limit` steps were all skipped."""
+    return len(self.in_row) >= self.limit
+
+  def check(self, checkpointer: Checkpointer) -> None:
+    """Raises RunError with a report once `limit` steps in a row were skipped."""
+    if not self.limit_reached():
+      return
+    first, last = self.in_row[0][0], self.in_row[-1][0]
+    values = ', '.join(f'step {s}: loss {l}, grad norm {g}' for s, l, g in self.in_row[-3:])
+    latest = checkpointer.latest_step()
+    where = f'{checkpointer.directory}/{latest}' if latest is not None else 'none yet'
+    raise run.RunError(f'training diverged: steps {first}..{last} ({len(self.in_row)} in a row) had a loss or '
+                       f'gradients that were not finite and were not applied ({values}); the parameters are '
+                       f'those after step {first - 1}; last good checkpoint: {where}. Lower train.learning_rate '
+                       'or check the data, then run the same command to resume from it')
+
+
+def next_batch(iterator: Iterator, data_dir: str) -> dict:
+  """The next host batch; a failing read is a RunError naming the dataset."""
+  try:
+    return next(iterator)
+  except IO_ERRORS as error:
+    raise run.RunError(f'reading training examples from {data_dir} failed ({failure_reason(error)})') from error
+
+
+def save_checkpoint(checkpointer: Checkpointer, step: int, state: dict, data_state: dict, wait: bool = False) -> None:
+  """Saves `step` (waiting when asked); a failing write is a RunError naming the directory and the newest good step."""
+  try:
+    checkpointer.save(step, state, data_state)
+    if wait:
+      checkpointer.wait()
+  except IO_ERRORS as error:
+    kept = checkpointer.committed_steps()
+    raise run.RunError(f'writing checkpoint {checkpointer.directory}/{step} failed ({failure_reason(error)}); '
+                       f'newest good checkpoint: {kept[-1] if kept else "none"}') from error
+
+
+def restore_or_init(experiment: Experiment, checkpointer: Checkpointer, iterator: Any) -> tuple[dict, int]:
+  """(train state, step) of the newest usable checkpoint, the iterator moved to it; a fresh state at step 0."""
+  restored = checkpointer.restore_latest(experiment.abstract_state())
+  if restored is None:
+    return experiment.init_state(), 0
+  start_step, state, data_state = restored
+  iterator.set_state(data_state)
+  print(f'resumed from {checkpointer.directory}/{start_step} (step {start_step})')
+  return state, start_step
+
+
+def train(config: Any, workdir: str, stop_at: int | None = None, hooks: HookFactory | None = None) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir` to config.train.steps; returns the hooks' last scalars.
 
   `stop_at` ends this invocation after that step (checkpointed) as a preempted job would; running
-  again resumes exactly where it stopped.
+  again resumes exactly where it stopped. A missing dataset, a checkpoint that does not fit the
+  config (checkpoint.CheckpointMismatch) or a workdir held by another trainer stop before anything
+  in `workdir` changes.
   """
-  train_config = config.train
+  config = run.absolute_paths(config)
   experiment = Experiment(config)
+  multiprocess = jax.process_count() > 1
+  lock = run.trainer_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock, StopSignals(multiprocess) as signals:
+    return train_loop(experiment, workdir, signals, stop_at, hooks(experiment) if hooks else ())
+
+
+def train_loop(experiment: Experiment, workdir: str, signals: StopSignals, stop_at: int | None,
+               hooks: Sequence[Hook]) -> dict[str, float]:
+  """The steps of train(): restore, record the run, step, log, checkpoint, run hooks, stop on a signal."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up notices would bury the run's lines
+  from clu import metric_writers  # imports TensorFlow: only where training writes events
+
+  config = experiment.config
+  train_config = config.train
   is_chief = jax.process_index() == 0
-  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'), train_config.keep_checkpoints)
+  checkpointer = Checkpointer(f'{workdir}/{run.CHECKPOINT_DIR}', train_config.keep_checkpoints)
   shard_index, shard_count, host_batch = experiment.host_shard(train_config.batch_size)
   dataset = pipeline.train_dataset(config, experiment.info, host_batch, shard_index=shard_index,
                                    shard_count=shard_count, builder=experiment.builder)
   iterator = iter(dataset)
+  with contextlib.ExitStack() as cleanup:
+    cleanup.callback(close_quietly, checkpointer)
+    state, start_step = restore_or_init(experiment, checkpointer, iterator)
+    if is_chief:
+      run.record_run(experiment, workdir)
+      trainable, total = parameter_counts(train_config, experiment.parts.abstract_params)
+      print(f'parameters: {trainable:,} trainable of {total:,} (train.trainable={tuple(train_config.trainable)})')
+    if start_step >= train_config.steps:
+      print(f'{workdir} already holds step {start_step} >= train.steps={train_config.steps}; nothing to train')
+    step_fn = experiment.train_step()
+    schedule = learning_rate_schedule(train_config)
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
+    cleanup.callback(writer.close)
+    progress = Progress(train_config.steps, train_config.batch_size, start_step)
+    bad_steps = BadSteps(train_config.max_bad_steps)
+    running: TrainMetrics | None = None
+    hook_scalars: dict[str, float] = {}
+    last_step = train_config.steps if stop_at is None else min(stop_at, train_config.steps)
+    for step in range(start_step + 1, last_step + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, step_metrics = step_fn(state, experiment.global_batch(next_batch(iterator, config.data.dir)))
+      if not bad_steps.record(step, step_metrics):
+        update = TrainMetrics.single_from_model_output(**step_metrics)
+        running = update if running is None else running.merge(update)
+      if step % train_config.log_every == 0 or step == train_config.steps or bad_steps.limit_reached():
+        scalars = {f'train/{k}': float(v) for k, v in running.compute().items()} if running else {}
+        scalars['train/skipped_steps'] = float(bad_steps.since_log)
+        scalars['train/learning_rate'] = float(schedule(step - 1))
+        rates = progress.update(step)
+        scalars.update({f'perf/{k}': v for k, v in rates.items()})
+        writer.write_scalars(step, scalars)
+        if is_chief:
+          print(log_line(step, train_config.steps, scalars, rates), flush=True)
+        running, bad_steps.since_log = None, 0
+      bad_steps.check(checkpointer)
+      stopping = signals.stop_requested(step, checkpointer)
+      if step % train_config.checkpoint_every == 0 or step == last_step or stopping:
+        save_checkpoint(checkpointer, step, state, iterator.get_state(), wait=stopping or step == last_step)
+      for hook in hooks:
+        if step % hook.every == 0 or step == train_config.steps:
+          hook_scalars.update(hook.run(step, state))
+          writer.write_scalars(step, hook_scalars)
+      if stopping:
+        print(f'stopped by {signals.received} after step {step}/{train_config.steps}; checkpoint '
+              f'{checkpointer.directory}/{step} written; run the same command to resume', flush=True)
+        break
+    return hook_scalars
 
-  restored = checkpointer.restore_latest(experiment.abstract_state())
-  if restored is None:
-    state, start_step = experiment.init_state(), 0
-  else:
-    start_step, state, data_state = restored
-    iterator.set_state(data_state)
-    print(f'resumed from {checkpointer.directory}/{start_step} (step {start_step})')
-  if start_step >= train_config.steps:
-    print(f'{workdir} already holds step {start_step} >= train.steps={train_config.steps}; nothing to train')
 
-  if is_chief:
-    trainable, total = parameter_counts(train_config, experiment.parts.abstract_params)
-    print(f'parameters: {trainable:,} trainable of {total:,} (train.trainable={tuple(train_config.trainable)})')
-  step_fn = experiment.train_step()
-  schedule = learning_rate_schedule(train_config)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
-  progress = Progress(train_config.steps, train_config.batch_size, start_step)
-  running: TrainMetrics | None = None
-  val_report: dict[str, Any] = {}
-  evaluate_during_training = bool(train_config.eval_every) and config.data.val_fraction > 0
-  if evaluate_during_training and jax.process_count() > 1:
-    print('periodic validation runs in single-process jobs only; evaluate checkpoints with `mer-jax evaluate`')
-    evaluate_during_training = False
-  last_step = train_config.steps if stop_at is None else min(stop_at, train_config.steps)
-  for step in range(start_step + 1, last_step + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      batch = experiment.global_batch(next(iterator))
-      state, step_metrics = step_fn(state, batch)
-    update = TrainMetrics.single_from_model_output(**step_metrics)
-    running = update if running is None else running.merge(update)
-    if step % train_config.log_every == 0 or step == train_config.steps:
-      scalars = {f'train/{k}': float(v) for k, v in running.compute().items()}
-      scalars['train/learning_rate'] = float(schedule(step - 1))
-      rates = progress.update(step)
-      scalars.update({f'perf/{k}': v for k, v in rates.items()})
-      writer.write_scalars(step, scalars)
-      running = None
-      if is_chief:
-        print(f"step {step}/{train_config.steps}  loss {scalars['train/loss']:.4f}  "
-              f"lm {scalars['train/lm_loss']:.4f}  valence {scalars['train/valence_mse']:.4f}  "
-              f"{rates['steps_per_sec']:.2f} steps/s  {rates['examples_per_sec']:.0f} ex/s  "
-              f"ETA {format_duration(rates['eta_sec'])}", flush=True)
-    if step % train_config.checkpoint_every == 0 or step == last_step:
-      checkpointer.save(step, state, iterator.get_state())
-    if evaluate_during_training and (step % train_config.eval_every == 0 or step == train_config.steps):
-      val_report = evaluate(experiment, state['params'], 'val', progress=False)
-      writer.write_scalars(step, validation_scalars(val_report))
-      if is_chief:
-        valence = val_report['valence']
-        valence_text = f"valence MSE {valence['mse']:.4f}" if valence else 'no valence'
-        print(f"  val  WAF {val_report['scored']['waf']:.4f}  ACC {val_report['scored']['accuracy']:.4f}  "
-              f"{valence_text}", flush=True)
-  checkpointer.close()
-  writer.flush()
-  writer.close()
-  return val_report
+def close_quietly(checkpointer: Checkpointer) -> None:
+  """Closes the checkpointer; a failed write was already reported by save_checkpoint."""
+  with contextlib.suppress(*IO_ERRORS):
+    checkpointer.close()
+
+
+def log_line(step: int, total: int, scalars: dict[str, float], rates: dict[str, float]) -> str:
+  """One progress line: losses (when some step since the last line was applied), skipped steps, speed, ETA."""
+  losses = (f"loss {scalars['train/loss']:.4f}  lm {scalars['train/lm_loss']:.4f}  "
+            f"valence {scalars['train/valence_mse']:.4f}  " if 'train/loss' in scalars else '')
+  skipped = f"skipped {int(scalars['train/skipped_steps'])}  " if scalars['train/skipped_steps'] else ''
+  return (f"step {step}/{total}  {losses}{skipped}{rates['steps_per_sec']:.2f} steps/s  "
+          f"{rates['examples_per_sec']:.0f} ex/s  ETA {format_duration(rates['eta_sec'])}")
 
 
 def validation_scalars(report: dict[str, Any]) -> dict[str, float]:
