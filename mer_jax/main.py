@@ -142,7 +142,7 @@ def run_train() -> None:
   require('train', 'config', 'workdir')
   try:
     train(FLAGS.config, FLAGS.workdir, hooks=Validation(FLAGS.config.train.eval_every).hooks)
-  except (RunError, CheckpointMismatch, FileNotFoundError) as error:
+  except (RunError, CheckpointMismatch, OSError, ValueError) as error:
     sys.exit(f'error: {error}')
 
 

@@ -170,8 +170,9 @@ def test_damaged_bytes_are_set_aside_by_train_only(drills):
       f.seek(int(os.path.getsize(target) * fraction))
       f.write(np.random.default_rng(0).bytes(4096))
   experiment = Experiment(drills['config'])
-  step, _ = run.restore_params(workdir, experiment)  # read-only: skipped, not moved
-  assert step == STEPS - 5 and os.path.isdir(newest)
+  # Read-only and params only: whether the bytes hit a parameter or optimizer state, nothing moves.
+  step, _ = run.restore_params(workdir, experiment)
+  assert step in (STEPS, STEPS - 5) and os.path.isdir(newest)
   step, _ = final_state(workdir, drills['config'])
   assert step == STEPS - 5
   assert not os.path.exists(newest) and os.path.isdir(newest + '.damaged')

@@ -291,3 +291,16 @@ def test_reader_options_only_for_formats_that_read_them(raw_dir, tmp_path):
   with pytest.raises(ValueError, match='--language=chinese applies to --format mer2024/mer2025, not meld'):
     prepare_dataset('meld', raw_dir, str(tmp_path / 'out'), options=ReaderOptions(language='chinese'))
   assert not os.path.exists(tmp_path / 'out')
+
+
+def test_truncated_shard_is_named_before_reading(prepared, tmp_path):
+  from mer_jax.data import pipeline
+  out, info = prepared
+  copy = str(tmp_path / 'data')
+  shutil.copytree(out, copy)
+  shard = os.path.join(copy, info['tfds'], 'mer_jax_mer2023-train.array_record-00000-of-00001')
+  with open(shard, 'r+b') as f:
+    f.truncate(os.path.getsize(shard) // 2)
+  with pytest.raises(ValueError, match=f'{shard} cannot be read .*truncated or damaged'):
+    pipeline.tfds_source(os.path.join(copy, info['tfds']), 'test+train')
+  assert len(pipeline.tfds_source(os.path.join(copy, info['tfds']), 'test')) == info['splits']['test']['count']

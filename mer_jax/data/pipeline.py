@@ -88,8 +88,22 @@ def _tfds_builder(directory: str) -> Any:
   return tfds.builder_from_directory(directory)
 
 
+@functools.lru_cache(maxsize=64)
+def check_shards(directory: str, split: str) -> None:
+  """Opens every array_record file of a prepared split: a truncated or corrupt file is named before any step."""
+  from array_record.python.array_record_module import ArrayRecordReader
+  for path in _tfds_builder(directory).info.splits[split].filepaths:
+    try:
+      ArrayRecordReader(os.fspath(path)).close()
+    except RuntimeError as error:
+      raise ValueError(f'{path} cannot be read ({str(error).split(";")[0]}): the file is truncated or damaged; '
+                       'run `mer-jax prepare` again') from error
+
+
 def tfds_source(directory: str, split: str) -> Any:
   """A random-access source of a TFDS split expression (e.g. 'train[:10%]+test') of a prepared dataset."""
+  for name in split_names(split):
+    check_shards(directory, name)
   return _tfds_builder(directory).as_data_source(split)
 
 
