@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO := runs/demo
 MODALITIES := audio video text
 
-.PHONY: demo test ablations explanations clean-demo
+.PHONY: demo test ablations explanations seeds clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ explanations: $(STAMP) $(DEMO)/data/dataset_info.json
 	$(BIN)/mer-jax train --config configs/demo.py --config.data.dir=$(DEMO)/data --config.data.explanations=True \
 	  --workdir $(DEMO)/explain
 	$(BIN)/mer-jax evaluate --workdir $(DEMO)/explain --split test
+
+seeds: $(STAMP) $(DEMO)/data/dataset_info.json
+	for s in 0 1 2; do \
+	  $(BIN)/mer-jax train --config configs/demo.py --config.data.dir=$(DEMO)/data --config.seed=$$s \
+	    --workdir $(DEMO)/seed$$s && \
+	  $(BIN)/mer-jax evaluate --workdir $(DEMO)/seed$$s --split test || exit 1; \
+	done
+	$(BIN)/mer-jax seeds $(DEMO)/seed0 $(DEMO)/seed1 $(DEMO)/seed2 --split test
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15

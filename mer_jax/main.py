@@ -1,4 +1,4 @@
-"""Command-line entry: mer-jax {synth,prepare,show,train,evaluate,predict,bench,describe,sweep,convert,export} [flags]."""
+"""Command-line entry: mer-jax {synth,prepare,show,train,evaluate,predict,bench,describe,sweep,convert,export,seeds}."""
 
 import json
 import os
@@ -13,7 +13,9 @@ from mer_jax import config_check
 if TYPE_CHECKING:
   from mer_jax.eval.wheel import Wheels
 
-COMMANDS = ('synth', 'prepare', 'show', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert', 'export')
+COMMANDS = ('synth', 'prepare', 'show', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert', 'export',
+            'seeds')
+POSITIONAL_COMMANDS = ('predict', 'seeds')  # commands that take file or directory arguments
 # Commands that run as one job over all the processes of a launch (unless they only --print); the others
 # refuse a launch of several.
 MULTI_PROCESS_COMMANDS = ('train', 'sweep')
@@ -120,6 +122,18 @@ def run_prepare() -> None:
     for skipped in split_info['skipped']:
       print(f"  skipped {skipped['file'] or skipped['name']}: {skipped['reason']}")
   print(f'dataset in {os.path.abspath(FLAGS.out)} (TFDS: {info["tfds"]})')
+
+
+def run_seeds(workdirs: list[str]) -> None:
+  """mer-jax seeds RUN [RUN ...] [--split S]: mean ± std of the runs' evaluation reports."""
+  from mer_jax.eval import seeds
+  if not workdirs:
+    raise app.UsageError('usage: mer-jax seeds RUN_DIR [RUN_DIR ...] [--split test]')
+  try:
+    reports = seeds.read_reports(workdirs, FLAGS.split)
+  except FileNotFoundError as error:
+    sys.exit(f'error: {error}')
+  print(seeds.format_row(os.path.basename(os.path.normpath(workdirs[0])), len(reports), seeds.summary_row(reports)))
 
 
 def run_show() -> None:
@@ -379,11 +393,11 @@ def main(argv: list[str]) -> None:
   """Dispatches to the command named by the first positional argument."""
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) != 2 and argv[1] != 'predict'):
+  if len(argv) < 2 or argv[1] not in COMMANDS or (len(argv) != 2 and argv[1] not in POSITIONAL_COMMANDS):
     raise app.UsageError(f'usage: mer-jax {{{",".join(COMMANDS)}}} [--flags]; got {argv[1:]}')
   join_job(argv[1])
   {'synth': run_synth, 'prepare': run_prepare, 'show': run_show, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
-   'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'sweep': run_sweep,
+   'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'seeds': lambda: run_seeds(argv[2:]), 'sweep': run_sweep,
    'convert': run_convert, 'export': run_export}[argv[1]]()
 
 
