@@ -200,7 +200,9 @@ def train(config: Any, workdir: str, stop_at: int | None = None, hooks: HookFact
 def train_loop(experiment: Experiment, workdir: str, signals: StopSignals, stop_at: int | None,
                hooks: Sequence[Hook]) -> dict[str, float]:
   """The steps of train(): restore, record the run, step, log, checkpoint, run hooks, stop on a signal."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up notices would bury the run's lines
+  # TensorFlow's start-up notices would bury the run's lines; its oneDNN ops are unused (only writers import it).
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   from clu import metric_writers  # imports TensorFlow: only where training writes events
 
   config = experiment.config
