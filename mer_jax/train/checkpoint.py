@@ -1,9 +1,11 @@
 """Orbax checkpoints of the train state and the Grain iterator position, checksummed; mismatch told from damage."""
 
+import contextlib
 import os
 import sys
-from typing import Any
+from typing import Any, Iterator
 
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,6 +215,17 @@ class Checkpointer:
     self.manager.close()
 
 
+@contextlib.contextmanager
+def absl_errors_only() -> Iterator[None]:
+  """Within it, absl logging (the libraries' channel) shows errors only."""
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(level)
+
+
 def restore_latest_params(directory: str, abstract_params: Any) -> tuple[int, Any] | None:
   """(step, params) of the newest checkpoint in `directory` whose params restore; None when none does.
 
@@ -223,8 +236,9 @@ def restore_latest_params(directory: str, abstract_params: Any) -> tuple[int, An
   if not os.path.isdir(directory):
     return None
   options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0)
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS,
-                                  item_handlers=handlers(ocp.PyTreeCheckpointHandler()))
+  with absl_errors_only():  # Orbax warns "Given directory is read only" for what is asked of it here
+    manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS,
+                                    item_handlers=handlers(ocp.PyTreeCheckpointHandler()))
   item = {'params': abstract_params}
   args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
