@@ -108,7 +108,7 @@ class DecodeCache:
       if os.path.exists(skip_file):
         with open(skip_file) as f:
           failures[clip.split + '/' + clip.name] = f.read()
-        logger.warning('skipping %s: %s', clip.media_path or clip.name, failures[clip.split + '/' + clip.name])
+        logger.info('skipping %s: %s', clip.media_path or clip.name, failures[clip.split + '/' + clip.name])
     return failures
 
   def load(self, clip: ClipRecord) -> dict[str, np.ndarray]:
