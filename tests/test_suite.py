@@ -193,3 +193,11 @@ def test_non_finite_scores_are_invalid_not_the_first_label():
   from mer_jax.eval import metrics
   scores = np.array([[0.1, 0.9], [math.nan, -1.0], [-2.0, -3.0]])
   assert metrics.scored_labels(scores).tolist() == [1, metrics.INVALID, 0]
+
+
+def test_training_on_a_split_with_unlabelled_clips_is_refused(prepared_tiny):
+  info = pipeline.load_info(prepared_tiny)
+  info['splits']['train'] = {**info['splits']['train'], 'labelled': info['splits']['train']['count'] - 2}
+  config = tiny_config(prepared_tiny)
+  with pytest.raises(ValueError, match=f"split 'train' of {prepared_tiny} has 2 unlabelled clip"):
+    pipeline.train_dataset(config, info, batch_size=4)

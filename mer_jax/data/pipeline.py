@@ -235,7 +235,13 @@ def parse_mixture(spec: str) -> list[MixtureEntry]:
 
 
 def _training_examples(data_config: Any, info: dict, split: str, featurizer: Featurizer, seed: int) -> grain.MapDataset:
-  """A split's featurized examples, shuffled with `seed` and repeated without end."""
+  """A split's featurized examples, shuffled with `seed` and repeated without end; refuses unlabelled clips."""
+  for name in split_names(split):
+    entry = info['splits'].get(name, {})
+    unlabelled = entry.get('count', 0) - entry.get('labelled', entry.get('count', 0))
+    if unlabelled:
+      raise ValueError(f'split {name!r} of {data_config.dir} has {unlabelled} unlabelled clip(s) of '
+                       f"{entry['count']}: train on labelled splits (label or leave out the others)")
   source = open_split(data_config, info, split)
   return grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).map(featurizer)
 
