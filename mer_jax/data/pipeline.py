@@ -132,8 +132,8 @@ def text_fields(example: dict) -> dict[str, Any]:
       continue
     if isinstance(value, bytes):
       value = value.decode('utf-8')
-    elif isinstance(value, (list, np.ndarray)) and key == 'openset':
-      value = [v.decode('utf-8') if isinstance(v, bytes) else str(v) for v in value]
+    elif key == 'openset':
+      value = [word.decode('utf-8') for word in value]
     elif isinstance(value, np.generic):
       value = value.item()
     fields[key] = value
@@ -146,9 +146,8 @@ def train_valence_mean(info: dict, split: str) -> float:
   0 when none do, or when the dataset has no such split (a run evaluated on another dataset).
   """
   entries = [info['splits'][name] for name in split_names(split) if name in info['splits']]
-  total = sum(e['valence_mean'] * e.get('with_valence', e['count']) for e in entries if e['valence_mean'] is not None)
-  count = sum(e.get('with_valence', e['count']) for e in entries if e['valence_mean'] is not None)
-  return total / count if count else 0.0
+  count = sum(e['with_valence'] for e in entries)
+  return sum(e['valence_mean'] * e['with_valence'] for e in entries if e['with_valence']) / count if count else 0.0
 
 
 def prompt_builder(config: Any, info: dict) -> PromptBuilder:
@@ -174,16 +173,16 @@ class Featurizer:
     self.label_ids = {label: i for i, label in enumerate(builder.labels)}
 
   def __call__(self, prepared: dict) -> dict[str, np.ndarray]:
-    record = {**text_fields(prepared), 'audio': prepared['audio'], 'frames': prepared['frames']}
+    record = text_fields(prepared)
     label_id = self.label_ids.get(record['label'], -1)
     answer = self.builder.answer_ids(record['label'], record['reason'])
     example = self.builder.build(record['sentence'], answer)
     example['label'] = np.int32(label_id)
     example['valence'] = np.float32(record['valence'])
     if 'audio' in self.modalities:
-      example['audio'] = record['audio']
+      example['audio'] = prepared['audio']
     if 'video' in self.modalities:
-      example['frames'] = record['frames']
+      example['frames'] = prepared['frames']
     return example
 
 
@@ -236,13 +235,12 @@ def parse_mixture(spec: str) -> list[MixtureEntry]:
 
 def _training_examples(data_config: Any, info: dict, split: str, featurizer: Featurizer, seed: int) -> grain.MapDataset:
   """A split's featurized examples, shuffled with `seed` and repeated without end; refuses unlabelled clips."""
-  for name in split_names(split):
-    entry = info['splits'].get(name, {})
-    unlabelled = entry.get('count', 0) - entry.get('labelled', entry.get('count', 0))
-    if unlabelled:
-      raise ValueError(f'split {name!r} of {data_config.dir} has {unlabelled} unlabelled clip(s) of '
-                       f"{entry['count']}: train on labelled splits (label or leave out the others)")
   source = open_split(data_config, info, split)
+  for name in split_names(split):
+    entry = info['splits'][name]
+    if entry['labelled'] < entry['count']:
+      raise ValueError(f"split {name!r} of {data_config.dir} has {entry['count'] - entry['labelled']} unlabelled "
+                       f"clip(s) of {entry['count']}: train on labelled splits (label or leave out the others)")
   return grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).map(featurizer)
 
 
