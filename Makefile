@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 MODALITIES := audio video text
+SEEDS := 0 1 2
 
 .PHONY: demo test ablations explanations seeds clean-demo
 
@@ -25,25 +26,27 @@ demo: $(STAMP) $(DEMO)/data/dataset_info.json
 	$(BIN)/mer-jax train --config configs/demo.py --config.data.dir=$(DEMO)/data --workdir $(DEMO)/all
 	$(BIN)/mer-jax evaluate --workdir $(DEMO)/all --split test
 
+# $(call over_seeds,NAME,CONFIG,FLAGS): trains and evaluates CONFIG with FLAGS for each of SEEDS in
+# $(DEMO)/NAME-seedS, then prints the mean ± std of their test reports.
+define over_seeds
+for s in $(SEEDS); do \
+  $(BIN)/mer-jax train --config $(2) --config.data.dir=$(DEMO)/data --config.seed=$$s $(3) \
+    --workdir $(DEMO)/$(1)-seed$$s && \
+  $(BIN)/mer-jax evaluate --workdir $(DEMO)/$(1)-seed$$s --split test || exit 1; \
+done; \
+$(BIN)/mer-jax seeds $(foreach s,$(SEEDS),$(DEMO)/$(1)-seed$(s)) --split test
+endef
+
+seeds: $(STAMP) $(DEMO)/data/dataset_info.json
+	$(call over_seeds,all,configs/demo.py,)
+
 ablations: $(STAMP) $(DEMO)/data/dataset_info.json
 	for m in $(MODALITIES); do \
-	  $(BIN)/mer-jax train --config configs/demo.py:modalities=$$m --config.data.dir=$(DEMO)/data \
-	    --workdir $(DEMO)/$$m && \
-	  $(BIN)/mer-jax evaluate --workdir $(DEMO)/$$m --split test || exit 1; \
+	  $(call over_seeds,$$m,configs/demo.py:modalities=$$m,) || exit 1; \
 	done
 
 explanations: $(STAMP) $(DEMO)/data/dataset_info.json
-	$(BIN)/mer-jax train --config configs/demo.py --config.data.dir=$(DEMO)/data --config.data.explanations=True \
-	  --workdir $(DEMO)/explain
-	$(BIN)/mer-jax evaluate --workdir $(DEMO)/explain --split test
-
-seeds: $(STAMP) $(DEMO)/data/dataset_info.json
-	for s in 0 1 2; do \
-	  $(BIN)/mer-jax train --config configs/demo.py --config.data.dir=$(DEMO)/data --config.seed=$$s \
-	    --workdir $(DEMO)/seed$$s && \
-	  $(BIN)/mer-jax evaluate --workdir $(DEMO)/seed$$s --split test || exit 1; \
-	done
-	$(BIN)/mer-jax seeds $(DEMO)/seed0 $(DEMO)/seed1 $(DEMO)/seed2 --split test
+	$(call over_seeds,explain,configs/demo.py,--config.data.explanations=True)
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
