@@ -231,12 +231,29 @@ def train_loop(experiment: Experiment, workdir: str, signals: StopSignals, stop_
     running: TrainMetrics | None = None
     hook_scalars: dict[str, float] = {}
     last_step = train_config.steps if stop_at is None else min(stop_at, train_config.steps)
+    pending: list[tuple[int, dict]] = []  # steps dispatched whose metrics the host has not read yet
+
+    def read_pending() -> None:
+      """Reads the pending steps' metrics: counts skipped steps, adds the others to the running means."""
+      nonlocal running
+      for pending_step, metrics in pending:
+        if not bad_steps.record(pending_step, metrics):
+          update = TrainMetrics.single_from_model_output(**metrics)
+          running = update if running is None else running.merge(update)
+      pending.clear()
+
     for step in range(start_step + 1, last_step + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, step_metrics = step_fn(state, experiment.global_batch(next_batch(iterator, config.data.dir)))
-      if not bad_steps.record(step, step_metrics):
-        update = TrainMetrics.single_from_model_output(**step_metrics)
-        running = update if running is None else running.merge(update)
+      # The previous step's metrics are read while this one computes, so the host never waits on the
+      # device between steps; steps with periodic work read their own at once.
+      read_pending()
+      pending.append((step, step_metrics))
+      stopping = signals.stop_requested(step, checkpointer)
+      periodic = (step % train_config.log_every == 0 or step % train_config.checkpoint_every == 0
+                  or step == last_step or stopping or any(step % hook.every == 0 for hook in hooks))
+      if periodic:
+        read_pending()
       if step % train_config.log_every == 0 or step == train_config.steps or bad_steps.limit_reached():
         scalars = {f'train/{k}': float(v) for k, v in running.compute().items()} if running else {}
         scalars['train/skipped_steps'] = float(bad_steps.since_log)
@@ -248,7 +265,6 @@ def train_loop(experiment: Experiment, workdir: str, signals: StopSignals, stop_
           print(log_line(step, train_config.steps, scalars, rates), flush=True)
         running, bad_steps.since_log = None, 0
       bad_steps.check(checkpointer)
-      stopping = signals.stop_requested(step, checkpointer)
       if step % train_config.checkpoint_every == 0 or step == last_step or stopping:
         save_checkpoint(checkpointer, step, state, iterator.get_state(), wait=stopping or step == last_step)
       for hook in hooks:
