@@ -130,6 +130,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Emotion-LLaMA: rank=64, targets=('q', 'v'); AffectGPT: rank=16 on all seven projections.
   c.model.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets=('q', 'v')))
 
+  # Stage chaining: the newest checkpoint of another run starts this one, for the components both models
+  # have (audio, vision, fusion, llm, valence_head); the others, and LoRA adapters it lacks, start fresh.
+  # Applied after model.<part>.init_from. Optimizer state and step start anew.
+  c.init = ml_collections.ConfigDict()
+  c.init.run = ''                        # a run's workdir ('' = none)
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 300 if not tiny else 6
   c.train.batch_size = 32 if not tiny else 4

@@ -3,7 +3,7 @@
 import contextlib
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from absl import logging as absl_logging
 import jax
@@ -128,16 +128,19 @@ def read_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   return flat_leaves(tree)
 
 
-def check_fits(manager: ocp.CheckpointManager, step: int, abstract: Any, prefix: str = '') -> None:
-  """Raises CheckpointMismatch naming the first entries under `prefix` where the checkpoint and `abstract` differ."""
-  saved = {name[len(prefix):]: leaf for name, leaf in read_metadata(manager, step).items()
-           if name.startswith(prefix)}
-  found = differences(saved, flat_leaves(abstract))
+def mismatch(name: str, found: list[str]) -> CheckpointMismatch:
+  """The error for checkpoint `name` not fitting the config, naming its first differences."""
+  return CheckpointMismatch(
+      f'checkpoint {name} does not fit the config ({len(found)} difference(s)): '
+      f'{"; ".join(found[:SHOWN_DIFFERENCES])}. Train in a new --workdir, or use the config the run was '
+      'trained with (its config.json)')
+
+
+def check_fits(manager: ocp.CheckpointManager, step: int, abstract: Any) -> None:
+  """Raises CheckpointMismatch naming the first entries where the checkpoint and `abstract` differ."""
+  found = differences(read_metadata(manager, step), flat_leaves(abstract))
   if found:
-    raise CheckpointMismatch(
-        f'checkpoint {manager.directory}/{step} does not fit the config ({len(found)} difference(s)): '
-        f'{"; ".join(found[:SHOWN_DIFFERENCES])}. Train in a new --workdir, or use the config the run was '
-        'trained with (its config.json)')
+    raise mismatch(f'{manager.directory}/{step}', found)
 
 
 def saved_checksums(manager: ocp.CheckpointManager, step: int) -> dict[str, list[int]] | None:
@@ -226,26 +229,41 @@ def absl_errors_only() -> Iterator[None]:
     absl_logging.set_verbosity(level)
 
 
-def restore_latest_params(directory: str, abstract_params: Any) -> tuple[int, Any] | None:
-  """(step, params) of the newest checkpoint in `directory` whose params restore; None when none does.
+def read_only_manager(directory: str) -> ocp.CheckpointManager:
+  """A manager over an existing checkpoint directory that never writes to it."""
+  options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0)
+  with absl_errors_only():  # Orbax warns "Given directory is read only" for what is asked of it here
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS,
+                                 item_handlers=handlers(ocp.PyTreeCheckpointHandler()))
 
-  Only the params are read (no optimizer state in memory), onto the shardings of `abstract_params`,
+
+def saved_params(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The saved parameters' metadata (shape, dtype) by path below params/, e.g. 'llm/embed/embedding'."""
+  prefix = 'params/'
+  return {name[len(prefix):]: leaf for name, leaf in read_metadata(manager, step).items() if name.startswith(prefix)}
+
+
+# Given a checkpoint's saved parameter metadata and its name, the abstract params to read from it
+# (ShapeDtypeStructs with shardings); raises CheckpointMismatch when the checkpoint cannot serve.
+ParamsSelector = Callable[[dict[str, Any], str], Any]
+
+
+def restore_newest_params(directory: str, select: ParamsSelector) -> tuple[int, Any] | None:
+  """(step, params) of the newest checkpoint in `directory` whose selected params restore; None when none does.
+
+  Only the params `select` asks for are read (no optimizer state in memory), onto their shardings,
   and checked against their checksums. The directory is opened read-only and nothing is written:
   a checkpoint that does not fit raises CheckpointMismatch; a damaged one is reported and skipped.
   """
   if not os.path.isdir(directory):
     return None
-  options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0)
-  with absl_errors_only():  # Orbax warns "Given directory is read only" for what is asked of it here
-    manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS,
-                                    item_handlers=handlers(ocp.PyTreeCheckpointHandler()))
-  item = {'params': abstract_params}
-  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+  manager = read_only_manager(directory)
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        check_fits(manager, step, abstract_params, prefix='params/')
+        item = {'params': select(saved_params(manager, step), f'{manager.directory}/{step}')}
+        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
         try:
           expected = saved_checksums(manager, step)
           params = manager.restore(step, args=args)['state']['params']
@@ -259,3 +277,15 @@ def restore_latest_params(directory: str, abstract_params: Any) -> tuple[int, An
     return None
   finally:
     manager.close()
+
+
+def restore_latest_params(directory: str, abstract_params: Any) -> tuple[int, Any] | None:
+  """(step, params) of the newest usable checkpoint in `directory`, all of `abstract_params`, read-only."""
+
+  def select(saved: dict[str, Any], name: str) -> Any:
+    found = differences(saved, flat_leaves(abstract_params))
+    if found:
+      raise mismatch(name, found)
+    return abstract_params
+
+  return restore_newest_params(directory, select)

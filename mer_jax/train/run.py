@@ -19,7 +19,7 @@ import jax
 from ml_collections import ConfigDict
 
 from mer_jax.data import chat, pipeline
-from mer_jax.train import checkpoint
+from mer_jax.train import checkpoint, init_run
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.state import PRETRAINED
 
@@ -65,7 +65,7 @@ def flatten(tree: dict, prefix: str = '') -> dict[str, object]:
 
 
 def absolute_paths(config: ConfigDict) -> ConfigDict:
-  """A copy of `config` whose dataset, tokenizer, mixture and init_from paths are absolute."""
+  """A copy of `config` whose dataset, tokenizer, mixture, init_from and init.run paths are absolute."""
   config = copy.deepcopy(config)
   with config.unlocked():
     config.data.dir = os.path.abspath(config.data.dir)
@@ -77,6 +77,8 @@ def absolute_paths(config: ConfigDict) -> ConfigDict:
     for name in PRETRAINED:
       if config.model[name].init_from:
         config.model[name].init_from = os.path.abspath(config.model[name].init_from)
+    if init_run.source_run(config):
+      config.init.run = os.path.abspath(config.init.run)
   return config
 
 
@@ -106,7 +108,7 @@ def preprocessing(info: dict, train_split: str) -> dict:
 
 
 def one_host_config(config: ConfigDict, tokenizer: str, vocab_size: int | None = None) -> ConfigDict:
-  """A copy of a run config for inference on this host: no init_from, `tokenizer`, params sharded over its devices.
+  """A copy of a run config for inference on this host: no init_from or init.run, `tokenizer`, params over its devices.
 
   The LLM's vocabulary size is made explicit first (`vocab_size`, else the config's or the init_from checkpoint's).
   """
@@ -114,6 +116,8 @@ def one_host_config(config: ConfigDict, tokenizer: str, vocab_size: int | None =
   config.model.llm.vocab_size = vocab_size or config.model.llm.vocab_size or Experiment.pretrained_vocab_size(config)
   for name in PRETRAINED:
     config.model[name].init_from = ''
+  if init_run.source_run(config):
+    config.init.run = ''
   config.data.tokenizer = tokenizer
   config.mesh.update(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   return config

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mer_jax.interop import weights
 from mer_jax.models import lora
 from mer_jax.models.mer import MERModel
-from mer_jax.train import sharding
+from mer_jax.train import init_run, sharding
 
 # Parts of the model that config.model.<name>.init_from can initialise from a Hugging Face checkpoint
 # directory or a converted (Orbax) one.
@@ -29,6 +29,7 @@ class ModelParts:
   param_shardings: Any
   abstract_params: Any
   pretrained: dict[str, str]
+  init_run: str  # config.init.run: the run whose newest checkpoint starts the shared components ('' = none)
 
 
 def model_factory(config: Any, vocab_size: int) -> Callable[[], MERModel]:
@@ -39,7 +40,8 @@ def model_factory(config: Any, vocab_size: int) -> Callable[[], MERModel]:
 def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rules: Any) -> ModelParts:
   """Traces the model abstractly (nothing allocated) and derives parameter shardings.
 
-  Each set config.model.<name>.init_from (name in PRETRAINED) is checked against the config here.
+  Each set config.model.<name>.init_from (name in PRETRAINED), and config.init.run, is checked
+  against the config here.
   """
   pretrained = {name: config.model[name].init_from for name in PRETRAINED if config.model[name].init_from}
   for name, path in pretrained.items():
@@ -57,7 +59,11 @@ def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rul
   if jax.tree.leaves(abstract_rest):
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
       rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
-  return ModelParts(factory, graphdef, rest, param_shardings, nnx.to_pure_dict(abstract_params), pretrained)
+  abstract_params = nnx.to_pure_dict(abstract_params)
+  source = init_run.source_run(config)
+  if source:
+    init_run.check(source, abstract_params)
+  return ModelParts(factory, graphdef, rest, param_shardings, abstract_params, pretrained, source)
 
 
 def train_state_shardings(parts: ModelParts, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> dict:
@@ -80,6 +86,7 @@ def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardi
 
   Parts with a pretrained checkpoint then have their fresh params replaced, one parameter at a
   time, by the checkpoint's, placed with the same shardings; LoRA adapters keep their fresh values.
+  Last, config.init.run's checkpoint replaces the components it shares with the model.
   """
 
   def init() -> dict:
@@ -92,6 +99,10 @@ def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, shardi
     loaded = weights.load_params(name, path, lora.without_adapters(parts.abstract_params[name]),
                                  lora.without_adapters(shardings['params'][name]))
     state['params'][name] = lora.with_adapters(loaded, state['params'][name])
+  if parts.init_run:
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            parts.abstract_params, shardings['params'])
+    state['params'] = init_run.load(parts.init_run, state['params'], abstract)
   return state
 
 
