@@ -120,6 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.llm.norm_eps = 1e-5
   c.model.llm.qkv_bias = False
   c.model.llm.tie_embeddings = False
+  c.model.llm.attention = 'xla'          # 'xla' (jax.nn.dot_product_attention) | 'einsum' | 'cudnn' (GPU only)
   c.model.llm.init_from = ''             # a Hugging Face LLaMA/Qwen2 dir (its architecture must match the above)
   c.model.llm.param_dtype = ''           # '' = model.param_dtype; 'bfloat16' keeps a frozen LLM at half the memory
                                          # (LoRA adapters stay in model.param_dtype)
@@ -140,6 +141,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps = 300 if not tiny else 6
   c.train.batch_size = 32 if not tiny else 4
   c.train.microbatches = 1               # gradient accumulation: batch_size / microbatches per pass
+  c.train.loss_chunk = 0                 # > 0: cross-entropy over this many positions at a time (0: all at once)
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 50 if not tiny else 1
   c.train.weight_decay = 0.01

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.models import lora
+from mer_jax.models import kernels, lora
 
 # Logical axis names carried by every parameter and activation. The train part maps each to a mesh
 # axis (or None) with one rules table; every name here needs a rule. Rules are applied in order and
@@ -232,14 +232,15 @@ def apply_rotary(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
 
 
 class Attention(nnx.Module):
-  """Multi-head self/cross attention with grouped KV heads via jax.nn.dot_product_attention."""
+  """Multi-head self/cross attention with grouped KV heads (kernels.dot_product_attention)."""
 
   def __init__(self, features: int, num_heads: int, num_kv_heads: int | None = None, *,
-               head_dim: int = 0, embed_name: str = 'embed', bias: str = '',
+               head_dim: int = 0, embed_name: str = 'embed', bias: str = '', kind: str = 'xla',
                dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     """`bias` lists the projections that have a bias, any of 'qkvo' (Qwen2: 'qkv', Whisper: 'qvo').
 
-    `head_dim` 0 means features // num_heads (which must then divide evenly).
+    `head_dim` 0 means features // num_heads (which must then divide evenly); `kind` is the
+    attention implementation (kernels.ATTENTION_KINDS).
     """
     num_kv_heads = num_kv_heads or num_heads
     if (not head_dim and features % num_heads) or num_heads % num_kv_heads:
@@ -255,6 +256,7 @@ class Attention(nnx.Module):
                    use_bias='v' in bias, **common)
     self.o = Dense((num_heads, head_dim), features, ('heads', 'head_dim', embed_name),
                    use_bias='o' in bias, **common)
+    self.kind = kernels.check_attention(kind)
 
   def __call__(self, x: jax.Array, memory: jax.Array | None = None, *,
                rotary: tuple[jax.Array, jax.Array] | None = None, causal: bool = False,
@@ -268,7 +270,7 @@ class Attention(nnx.Module):
     q, k, v = self.q(x, kq), self.k(source, kk), self.v(source, kv)
     if rotary is not None:
       q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-    return self.o(jax.nn.dot_product_attention(q, k, v, is_causal=causal), ko)
+    return self.o(kernels.dot_product_attention(q, k, v, self.kind, causal=causal), ko)
 
   def extend(self, x: jax.Array, cache_k: jax.Array, cache_v: jax.Array, index: jax.Array, *,
              rotary: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -285,8 +287,8 @@ class Attention(nnx.Module):
     cache_k = constrain(cache_k.at[rows, at].set(k.astype(cache_k.dtype), mode='drop'), KV)
     cache_v = constrain(cache_v.at[rows, at].set(v.astype(cache_v.dtype), mode='drop'), KV)
     visible = jnp.arange(cache_k.shape[1])[None, None, :] <= at[:, :, None]
-    out = jax.nn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
-                                       mask=visible[:, None])
+    out = kernels.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
+                                        'xla' if self.kind == 'cudnn' else self.kind, mask=visible)
     return self.o(out), cache_k, cache_v
 
 
@@ -303,7 +305,7 @@ class SwiGLU(nnx.Module):
   def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
     """Applies the gated MLP; `key` drives dropout inside LoRA adapters on the projections, if any."""
     kg, ku, kd = split_key(key, 3)
-    return self.down(jax.nn.silu(self.gate(x, kg)) * self.up(x, ku), kd)
+    return self.down(kernels.swiglu(self.gate(x, kg), self.up(x, ku)), kd)
 
 
 class MLP(nnx.Module):
@@ -336,15 +338,15 @@ class DecoderBlock(nnx.Module):
   """LLaMA-style pre-RMSNorm block: causal GQA attention with rotary, then SwiGLU."""
 
   def __init__(self, features: int, num_heads: int, num_kv_heads: int, hidden: int, *,
-               head_dim: int = 0, norm_eps: float = 1e-5, qkv_bias: bool = False,
+               head_dim: int = 0, norm_eps: float = 1e-5, qkv_bias: bool = False, attention: str = 'xla',
                dropout_rate: float = 0.0, lora_config: Any = None, lora_param_dtype: Any = None,
                dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     """`lora_config` (config.model.lora) with rank > 0 attaches LoRA adapters to its target projections,
-    their parameters in `lora_param_dtype` (default: `param_dtype`)."""
+    their parameters in `lora_param_dtype` (default: `param_dtype`); `attention` is its implementation."""
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attn_norm = RMSNorm(features, eps=norm_eps, **common)
     self.attn = Attention(features, num_heads, num_kv_heads, head_dim=head_dim,
-                          bias='qkv' if qkv_bias else '', **common)
+                          bias='qkv' if qkv_bias else '', kind=attention, **common)
     self.mlp_norm = RMSNorm(features, eps=norm_eps, **common)
     self.mlp = SwiGLU(features, hidden, **common)
     self.drop = nnx.Dropout(dropout_rate)

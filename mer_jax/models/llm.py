@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mer_jax.models import layers, lora
+from mer_jax.models import kernels, layers, lora
 
 
 class LLM(nnx.Module):
@@ -21,11 +21,12 @@ class LLM(nnx.Module):
       lora.check_config(lora_config)
     dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
     common = dict(dtype=dtype, param_dtype=param_dtype)
+    attention = kernels.check_attention(cfg.get('attention', 'xla'))  # run dirs made before the key: 'xla'
     self.embed = layers.Embed(vocab_size, cfg.width, **common, rngs=rngs)
     self.layers = layers.Stack(
       lambda r: layers.DecoderBlock(cfg.width, cfg.heads, cfg.kv_heads, cfg.mlp, head_dim=cfg.head_dim,
-                                    norm_eps=cfg.norm_eps, qkv_bias=cfg.qkv_bias, dropout_rate=dropout,
-                                    lora_config=lora_config, lora_param_dtype=lora_param_dtype, **common,
+                                    norm_eps=cfg.norm_eps, qkv_bias=cfg.qkv_bias, attention=attention,
+                                    dropout_rate=dropout, lora_config=lora_config, lora_param_dtype=lora_param_dtype, **common,
                                     rngs=r),
       cfg.layers, remat=remat, rngs=rngs)
     self.norm = layers.RMSNorm(cfg.width, eps=cfg.norm_eps, **common, rngs=rngs)
@@ -46,13 +47,17 @@ class LLM(nnx.Module):
   def forward(self, embeddings: jax.Array, *, positions: jax.Array | None = None,
               rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
     """Runs input embeddings [B, L, D] -> (logits float32 [B, L, vocab], final-normed hidden [B, L, D])."""
+    hidden = self.hidden(embeddings, positions=positions, rngs=rngs)
+    return self.logits(hidden), hidden
+
+  def hidden(self, embeddings: jax.Array, *, positions: jax.Array | None = None,
+             rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Runs input embeddings [B, L, D] -> final-normed hidden [B, L, D], without the LM head."""
     batch, length = embeddings.shape[:2]
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     sin, cos = self.rotary(positions)
-    x = self.layers(layers.constrain(embeddings, layers.HIDDEN), sin, cos, rngs=rngs)
-    hidden = self.norm(x)
-    return self.logits(hidden), hidden
+    return self.norm(self.layers(layers.constrain(embeddings, layers.HIDDEN), sin, cos, rngs=rngs))
 
   def rotary(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Rotary (sin, cos) tables for int positions [B, L]."""

@@ -94,10 +94,15 @@ class MERModel(nnx.Module):
 
   def __call__(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
     """Returns (logits float32 [B, L, vocab], valence float32 [B]); dropout is active iff rngs is given."""
-    logits, hidden = self.llm.forward(self.embed_inputs(batch, rngs=rngs), rngs=rngs)
+    hidden, valence = self.hidden_states(batch, rngs=rngs)
+    return self.llm.logits(hidden), valence
+
+  def hidden_states(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
+    """Returns (the LLM's final-normed hidden [B, L, width], valence float32 [B]), without the LM head."""
+    hidden = self.llm.hidden(self.embed_inputs(batch, rngs=rngs), rngs=rngs)
     last_prompt = (batch['answer_start'] - 1)[:, None, None]
     pooled = jnp.take_along_axis(hidden, last_prompt, axis=1)[:, 0]
-    return logits, self.valence_head(pooled)
+    return hidden, self.valence_head(pooled)
 
   def prefill(self, batch: dict, max_len: int) -> tuple[jax.Array, jax.Array, layers.KVCache]:
     """Runs every prompt (soft tokens spliced in) through the LLM in one pass into a fresh KV cache.

@@ -47,7 +47,7 @@ class ModelSetup:
     train = self.config.train
     step = make_train_step(self.parts.graphdef, self.parts.rest, self.tx, self.config.seed,
                            train.valence_loss_weight, train.microbatches, self.compute_dtype,
-                           self.parts.param_shardings, self.trainable())
+                           self.parts.param_shardings, self.trainable(), train.get('loss_chunk', 0))
     return self.on_mesh(jax.jit(step, in_shardings=(self.state_shardings, None),
                                 out_shardings=(self.state_shardings, None), donate_argnums=(0,)))
 

@@ -19,13 +19,49 @@ def answer_token_log_probs(logits: jax.Array, tokens: jax.Array, loss_mask: jax.
   return jnp.sum(picked * mask, axis=-1), jnp.sum(mask, axis=-1)
 
 
-def loss_sums(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None) -> dict[str, jax.Array]:
+def chunked_token_log_probs(hidden: jax.Array, logits_fn: Callable[[jax.Array], jax.Array], tokens: jax.Array,
+                            loss_mask: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+  """answer_token_log_probs from final-normed hidden [B, L, D], `chunk` positions at a time.
+
+  logits_fn maps hidden [B, chunk, D] to float32 logits [B, chunk, vocab]; each chunk's logits are
+  made, reduced and dropped (and made again in the backward pass), so float32 logits for the
+  whole sequence never exist at once.
+  """
+  hidden, targets, mask = hidden[:, :-1], tokens[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
+  batch, length = targets.shape
+  count = -(-length // chunk)
+  pad = count * chunk - length
+  hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+  targets, mask = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(mask, ((0, 0), (0, pad)))
+  to_chunks = lambda x: jnp.moveaxis(x.reshape(batch, count, chunk, *x.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def chunk_sum(total: jax.Array, inputs: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+    h, t, m = inputs
+    logits = logits_fn(h).astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+    return total + jnp.sum((picked - jax.nn.logsumexp(logits, axis=-1)) * m, axis=-1), None
+
+  total, _ = jax.lax.scan(chunk_sum, jnp.zeros([batch], jnp.float32),
+                          (to_chunks(hidden), to_chunks(targets), to_chunks(mask)))
+  return total, jnp.sum(mask, axis=-1)
+
+
+def loss_sums(model: nnx.Module, batch: dict[str, jax.Array], rngs: nnx.Rngs | None,
+              loss_chunk: int = 0) -> dict[str, jax.Array]:
   """Sums over the batch: answer-token negative log-likelihood, answer tokens, valence squared error.
 
-  Examples whose valence is missing (NaN: the dataset gives none) add no valence error.
+  Examples whose valence is missing (NaN: the dataset gives none) add no valence error. With
+  `loss_chunk` > 0 the cross-entropy is computed that many positions at a time from the hidden
+  states (chunked_token_log_probs); 0 makes the whole sequence's logits at once.
   """
-  logits, valence = model(batch, rngs=rngs)
-  log_prob_sum, count = answer_token_log_probs(logits, batch['tokens'], batch['loss_mask'])
+  if loss_chunk:
+    hidden, valence = model.hidden_states(batch, rngs=rngs)
+    log_prob_sum, count = chunked_token_log_probs(hidden, model.llm.logits, batch['tokens'], batch['loss_mask'],
+                                                  loss_chunk)
+  else:
+    logits, valence = model(batch, rngs=rngs)
+    log_prob_sum, count = answer_token_log_probs(logits, batch['tokens'], batch['loss_mask'])
   known = jnp.isfinite(batch['valence'])
   error = jnp.where(known, valence - jnp.where(known, batch['valence'], 0.0), 0.0)
   return {'nll': -jnp.sum(log_prob_sum), 'tokens': jnp.sum(count), 'valence_sq_error': jnp.sum(error ** 2)}
@@ -66,7 +102,7 @@ def split_microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax
 
 def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, seed: int,
                     valence_weight: float, microbatches: int = 1, compute_dtype: Any = jnp.float32,
-                    param_shardings: Any = None, trainable: Any = None
+                    param_shardings: Any = None, trainable: Any = None, loss_chunk: int = 0
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """A pure train step: dropout keyed by (seed, step), so a resumed run repeats the same randomness.
 
@@ -77,9 +113,13 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
   With `microbatches` > 1 the gradient is accumulated by a `lax.scan` over equal slices of the
   batch. Every slice's loss is normalised by the whole batch's answer-token and example counts, so
   the summed gradient equals the one-big-batch gradient however the answer lengths are spread.
+  `loss_chunk` (config.train.loss_chunk) > 0 computes the cross-entropy in chunks of that many positions.
   The valence error is averaged over the examples that have a valence. A step whose loss or
   gradient norm is not finite leaves params and optimizer state as they were (metric 'skipped' = 1).
   """
+
+  if not isinstance(loss_chunk, int) or loss_chunk < 0:
+    raise ValueError(f'config.train.loss_chunk must be an int >= 0 (0: whole sequence), got {loss_chunk!r}')
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(jax.random.key(seed), state['step'])
@@ -90,7 +130,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
       params = merge_trainable(train_params, frozen_params)
       if param_shardings is not None:
         params = for_compute(params, compute_dtype, param_shardings)
-      sums = loss_sums(nnx.merge(graphdef, params, rest), micro, nnx.Rngs(dropout=micro_key))
+      sums = loss_sums(nnx.merge(graphdef, params, rest), micro, nnx.Rngs(dropout=micro_key), loss_chunk)
       loss = sums['nll'] / total_tokens + valence_weight * sums['valence_sq_error'] / total_examples
       return loss, sums
 

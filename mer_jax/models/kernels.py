@@ -1,0 +1,114 @@
+"""Hand-differentiated kernels: einsum attention with a fused backward, the SwiGLU gate, and the choice of attention."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+ATTENTION_KINDS = ('xla', 'einsum', 'cudnn')
+
+
+def check_attention(kind: str) -> str:
+  """Returns `kind` if it is an attention implementation this backend runs; a clear error otherwise."""
+  if kind not in ATTENTION_KINDS:
+    raise ValueError(f'unknown config.model.llm.attention {kind!r}; choose from {ATTENTION_KINDS}')
+  if kind == 'cudnn' and jax.default_backend() != 'gpu':
+    raise ValueError(f"config.model.llm.attention 'cudnn' needs a GPU; this backend is {jax.default_backend()!r}: "
+                     "use 'xla' or 'einsum'")
+  return kind
+
+
+def _grouped(q: jax.Array, kv_heads: int) -> jax.Array:
+  """q [B, T, N, H] -> [B, T, K, N / K, H]: the query heads that share each key/value head."""
+  batch, length, heads, head_dim = q.shape
+  return q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+
+
+def _masked_scores(q: jax.Array, k: jax.Array, causal: bool) -> jax.Array:
+  """Scaled scores float32 [B, K, G, T, S] of grouped q [B, T, K, G, H] against k [B, S, K, H], causal-masked."""
+  scores = jnp.einsum('btkgh,bskh->bkgts', q, k, preferred_element_type=jnp.float32)
+  scores = scores * (q.shape[-1] ** -0.5)
+  if causal:
+    length, source = scores.shape[-2:]
+    visible = jnp.arange(source)[None, :] <= jnp.arange(length)[:, None] + (source - length)
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+  return scores
+
+
+def _attention_forward(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> tuple[jax.Array, jax.Array]:
+  """(output [B, T, N, H], probabilities [B, K, G, T, S] in v's dtype) of softmax attention."""
+  probs = jax.nn.softmax(_masked_scores(_grouped(q, k.shape[2]), k, causal), axis=-1).astype(v.dtype)
+  return jnp.einsum('bkgts,bskh->btkgh', probs, v).reshape(q.shape), probs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
+  """Softmax attention of q [B, T, N, H] over k, v [B, S, K, H] (K divides N), as plain einsums.
+
+  Same result as jax.nn.dot_product_attention (scale 1/sqrt(H), causal aligned to the end). The
+  backward keeps the probabilities (one array per layer, which a remat policy may drop and
+  recompute) and forms every gradient with four einsums and one fused elementwise pass.
+  """
+  return _attention_forward(q, k, v, causal)[0]
+
+
+def _attention_fwd(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> tuple[jax.Array, tuple]:
+  out, probs = _attention_forward(q, k, v, causal)
+  return out, (q, k, v, probs)
+
+
+def _attention_bwd(causal: bool, residuals: tuple, d_out: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  del causal  # the saved probabilities are already masked
+  q, k, v, probs = residuals
+  grouped, d_grouped = _grouped(q, k.shape[2]), _grouped(d_out, k.shape[2])
+  d_v = jnp.einsum('bkgts,btkgh->bskh', probs, d_grouped)
+  d_probs = jnp.einsum('btkgh,bskh->bkgts', d_grouped, v, preferred_element_type=jnp.float32)
+  p32 = probs.astype(jnp.float32)
+  d_scores = p32 * (d_probs - jnp.sum(d_probs * p32, axis=-1, keepdims=True)) * (q.shape[-1] ** -0.5)
+  d_scores = d_scores.astype(q.dtype)
+  d_q = jnp.einsum('bkgts,bskh->btkgh', d_scores, k).reshape(q.shape)
+  d_k = jnp.einsum('bkgts,btkgh->bskh', d_scores, grouped)
+  return d_q, d_k, d_v
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Softmax attention with a boolean mask [B, T, S] (True: visible), as einsums; for decoding (no custom backward)."""
+  grouped = _grouped(q, k.shape[2])
+  scores = _masked_scores(grouped, k, causal=False)
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum('bkgts,bskh->btkgh', probs, v).reshape(q.shape)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, kind: str, *, causal: bool = False,
+                          mask: jax.Array | None = None) -> jax.Array:
+  """Attention by implementation `kind` ('xla', 'einsum', 'cudnn'); mask [B, T, S] or causal, not both."""
+  if kind == 'einsum':
+    return attention(q, k, v, causal) if mask is None else masked_attention(q, k, v, mask)
+  implementation = 'cudnn' if kind == 'cudnn' else None
+  return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None], is_causal=causal,
+                                      implementation=implementation)
+
+
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+  """silu(gate) * up, elementwise, with a backward that reuses one sigmoid for both gradients."""
+  return gate * jax.nn.sigmoid(gate) * up
+
+
+def _swiglu_fwd(gate: jax.Array, up: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(residuals: tuple[jax.Array, jax.Array], d_out: jax.Array) -> tuple[jax.Array, jax.Array]:
+  gate, up = residuals
+  sig = jax.nn.sigmoid(gate)
+  silu = gate * sig
+  d_gate = d_out * up * (sig + silu * (1 - sig))
+  return d_gate, d_out * silu
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)

@@ -1,0 +1,117 @@
+"""The einsum attention, the SwiGLU gate and the chunked loss match the reference paths in values and gradients."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import demo
+from mer_jax.models import kernels
+from mer_jax.models.llm import LLM
+from mer_jax.models.mer import MERModel
+from mer_jax.train import step
+from mer_jax.train.random_batch import random_batch
+
+VOCAB = 96
+
+
+def qkv(batch: int = 2, length: int = 7, heads: int = 4, kv_heads: int = 2, head_dim: int = 8):
+  keys = jax.random.split(jax.random.key(0), 3)
+  return (jax.random.normal(keys[0], (batch, length, heads, head_dim)),
+          jax.random.normal(keys[1], (batch, length, kv_heads, head_dim)),
+          jax.random.normal(keys[2], (batch, length, kv_heads, head_dim)))
+
+
+def value_and_grads(fn, *args):
+  """fn's weighted sum and its gradients with respect to every argument."""
+  weighted = lambda *a: jnp.sum(fn(*a) * jnp.cos(jnp.arange(fn(*a).size).reshape(fn(*a).shape)))
+  return jax.value_and_grad(weighted, argnums=tuple(range(len(args))))(*args)
+
+
+@pytest.mark.parametrize('causal', [True, False])
+def test_einsum_attention_matches_xla(causal):
+  q, k, v = qkv()
+  ref_value, ref_grads = value_and_grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal),
+                                         q, k, v)
+  value, grads = value_and_grads(lambda q, k, v: kernels.attention(q, k, v, causal), q, k, v)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for got, want in zip(grads, ref_grads):
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert float(jnp.max(jnp.abs(want))) > 1e-2
+
+
+def test_masked_einsum_attention_matches_xla():
+  q, k, v = qkv()
+  mask = jax.random.bernoulli(jax.random.key(5), 0.6, (2, 7, 7)) | jnp.eye(7, dtype=bool)[None]
+  got = kernels.dot_product_attention(q, k, v, 'einsum', mask=mask)
+  want = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_swiglu_gradients_match_autodiff():
+  gate, up = jax.random.normal(jax.random.key(1), (2, 3, 16)), jax.random.normal(jax.random.key(2), (2, 3, 16))
+  ref_value, ref_grads = value_and_grads(lambda g, u: jax.nn.silu(g) * u, gate, up)
+  value, grads = value_and_grads(kernels.swiglu, gate, up)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+  for got, want in zip(grads, ref_grads):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_attention_choice_is_checked():
+  with pytest.raises(ValueError, match=r"config.model.llm.attention 'flash'"):
+    kernels.check_attention('flash')
+  if jax.default_backend() != 'gpu':
+    with pytest.raises(ValueError, match="'cudnn' needs a GPU"):
+      kernels.check_attention('cudnn')
+
+
+def llm_config(attention: str | None):
+  cfg = demo.get_config('variant=tiny').model.llm
+  cfg.heads, cfg.kv_heads, cfg.width = 4, 2, 32
+  if attention is None:
+    del cfg['attention']
+  else:
+    cfg.attention = attention
+  return cfg
+
+
+def test_llm_with_einsum_attention_matches_xla_and_old_configs_load():
+  tokens = jax.random.randint(jax.random.key(3), (2, 9), 0, VOCAB)
+  results = {}
+  for attention in (None, 'xla', 'einsum'):
+    model = LLM(llm_config(attention), VOCAB, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens) ** 2)
+    results[attention] = jax.value_and_grad(loss)(params)
+  for attention in (None, 'einsum'):
+    np.testing.assert_allclose(results[attention][0], results['xla'][0], rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(results[attention][1]), jax.tree.leaves(results['xla'][1])):
+      np.testing.assert_allclose(got, want, atol=1e-5)
+  with pytest.raises(ValueError, match='config.model.llm.attention'):
+    LLM(llm_config('sdpa'), VOCAB, rngs=nnx.Rngs(0))
+
+
+def test_chunked_loss_matches_whole_sequence():
+  config = demo.get_config('variant=tiny')
+  config.data.seq_len = 24
+  model = MERModel(config.model, VOCAB, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  batch = jax.tree.map(jnp.asarray, random_batch(config, 3, VOCAB, answer_lengths=(4, 9, 2)))
+  results = {}
+  for chunk in (0, 5, 23, 64):  # 23 positions are scored: chunks that do not divide them, one chunk, one larger
+    sums = lambda p: step.loss_sums(nnx.merge(graphdef, p), batch, None, chunk)
+    loss = lambda p: (sums(p)['nll'], sums(p))
+    results[chunk] = jax.value_and_grad(loss, has_aux=True)(params)
+  for chunk in (5, 23, 64):
+    (nll, sums), grads = results[chunk]
+    (ref_nll, ref_sums), ref_grads = results[0]
+    np.testing.assert_allclose(nll, ref_nll, rtol=1e-5)
+    assert float(sums['tokens']) == float(ref_sums['tokens']) == 15.0
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5)
+
+
+def test_loss_chunk_is_checked():
+  with pytest.raises(ValueError, match='config.train.loss_chunk'):
+    step.make_train_step(None, None, None, 0, 1.0, loss_chunk=-1)
