@@ -41,11 +41,21 @@ flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for a m
                     '(SLURM and TPU pods are detected without it).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in the job (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process\'s index (with --coordinator_address).')
-flags.DEFINE_enum('what', 'decode', ['decode', 'import'], 'What to benchmark (bench).')
+flags.DEFINE_enum('what', 'decode', ['decode', 'import', 'train', 'data', 'eval'], 'What to benchmark (bench).')
+for _name, _default, _help in [('width', 512, 'LLM width'), ('layers', 4, 'LLM layers'), ('heads', 8, 'query heads'),
+                               ('kv_heads', 8, 'key/value heads'), ('seq', 512, 'sequence length'),
+                               ('batch', 4, 'sequences per step'), ('vocab', 8192, 'vocabulary size'),
+                               ('loss_chunk', 0, 'positions per cross-entropy chunk (0: all)'),
+                               ('steps', 2, 'steps per timed run'), ('repeats', 5, 'timed runs, alternating'),
+                               ('threads', 2, "torch's intra-op threads")]:
+  flags.DEFINE_integer(_name, _default, f'{_help} (bench --what train without --config; steps/repeats: train/data/eval).')
+flags.DEFINE_list('attention', ['einsum'], 'Attention kinds to time side by side (bench --what train).')
+flags.DEFINE_enum('vs', None, ['torch'], 'Also time transformers + torch AdamW at the same dimensions (bench --what train).')
 flags.DEFINE_string('hf', None, 'A Hugging Face checkpoint directory (convert, bench --what import).')
 flags.DEFINE_enum('component', 'llm', ['llm', 'audio', 'vision'], 'Which model part the checkpoint holds (convert).')
-flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Parameter dtype to load the LLM in '
-                  '(bench --what import); the exported weights\' dtype (export).')
+flags.DEFINE_enum('dtype', None, ['bfloat16', 'float32'], 'Parameter dtype to load the LLM in '
+                  '(bench --what import); the exported weights\' dtype (export); default bfloat16. The compute '
+                  'dtype of bench --what train (default float32).')
 flags.DEFINE_string('bundle', None, 'An inference bundle written by `mer-jax export`, instead of --workdir '
                     '(predict, evaluate).')
 flags.DEFINE_string('data', None, 'A prepared dataset: to show (show), or to evaluate a run or bundle on '
@@ -234,8 +244,8 @@ def run_evaluate_bundle(wheels: 'Wheels | None') -> None:
 
 def run_bench() -> None:
   """mer-jax bench --what decode --config FILE: decode tokens/s and latency per clip, with and without KV cache."""
-  if FLAGS.what == 'import':
-    run_bench_import()
+  if FLAGS.what != 'decode':
+    {'import': run_bench_import, 'train': run_bench_train, 'data': run_bench_loop, 'eval': run_bench_loop}[FLAGS.what]()
     return
   import jax
   from mer_jax.eval import bench
@@ -250,6 +260,35 @@ def run_bench() -> None:
   print(bench.format_table(rows))
 
 
+def run_bench_train() -> None:
+  """mer-jax bench --what train [--width ... --dtype D --attention xla,einsum] [--vs torch] | --config FILE."""
+  from mer_jax.eval import bench, bench_train
+  if FLAGS.config is not None:
+    if FLAGS.vs:
+      raise app.UsageError('bench --what train --vs torch times the LLM alone: leave out --config')
+    vocab = FLAGS.config.model.llm.vocab_size or bench.DEFAULT_VOCAB_SIZE
+    print(bench_train.bench_model(FLAGS.config, vocab, FLAGS.steps, FLAGS.repeats))
+    return
+  dims = {name: FLAGS[name].value for name in ('width', 'layers', 'heads', 'kv_heads', 'seq', 'batch', 'vocab',
+                                               'loss_chunk')}
+  shape = bench_train.Shape(**dims, dtype=FLAGS.dtype or 'float32')
+  try:
+    print(bench_train.bench_llm(shape, FLAGS.attention, FLAGS.threads if FLAGS.vs else None, FLAGS.steps,
+                                FLAGS.repeats))
+  except (RuntimeError, ValueError) as error:
+    raise app.UsageError(str(error)) from error
+
+
+def run_bench_loop() -> None:
+  """mer-jax bench --what data|eval --config FILE: loader vs step examples/s, or evaluation clips/s on --split."""
+  from mer_jax.eval import bench_loop
+  require(f'bench --what {FLAGS.what}', 'config')
+  if FLAGS.what == 'data':
+    print(bench_loop.bench_data(FLAGS.config, FLAGS.steps, FLAGS.repeats))
+  else:
+    print(bench_loop.bench_eval(FLAGS.config, FLAGS.split, FLAGS.repeats))
+
+
 def run_bench_import() -> None:
   """mer-jax bench --what import --hf DIR [--dtype D] [--random_gb N]: peak RSS of load_llm vs size on disk."""
   from mer_jax.eval import bench
@@ -257,7 +296,7 @@ def run_bench_import() -> None:
   if FLAGS.random_gb:
     config = bench.write_random_llama(FLAGS.hf, FLAGS.random_gb)
     print(f"wrote a random bfloat16 LLaMA with {config['num_hidden_layers']} layers to {FLAGS.hf}")
-  print(bench.format_import(bench.bench_import(FLAGS.hf, FLAGS.dtype)))
+  print(bench.format_import(bench.bench_import(FLAGS.hf, FLAGS.dtype or 'bfloat16')))
 
 
 def run_convert() -> None:
@@ -349,7 +388,7 @@ def run_export() -> None:
   require('export', 'workdir', 'out')
   fmt = FLAGS.format if FLAGS['format'].present else 'bundle'
   try:
-    described = export.export(FLAGS.workdir, FLAGS.out, fmt, FLAGS.dtype)
+    described = export.export(FLAGS.workdir, FLAGS.out, fmt, FLAGS.dtype or 'bfloat16')
   except (OSError, ValueError) as error:
     raise app.UsageError(str(error)) from error
   merged = ', LoRA merged' if described['lora_merged'] else ''

@@ -4,64 +4,51 @@ import json
 import os
 from typing import Any
 
+from flax import nnx
 import jax
 import numpy as np
 import tqdm
 
 from mer_jax.data import pipeline
 from mer_jax.eval import cues, metrics, report as report_lib
-from mer_jax.eval.generate import jit_generate
+from mer_jax.eval.generate import score_and_generate
 from mer_jax.eval.wheel import Wheels
 from mer_jax.train.experiment import Experiment
-from mer_jax.train.step import answer_token_log_probs
 from mer_jax.train.trainer import Hook, validation_scalars
 
 
-def with_answer(batch: dict[str, np.ndarray], answer: list[int], pad_id: int) -> dict[str, np.ndarray]:
-  """The batch with every example's answer replaced by `answer` (tokens and loss mask)."""
-  tokens = batch['tokens'].copy()
-  loss_mask = np.zeros_like(batch['loss_mask'])
-  positions = np.arange(tokens.shape[1])[None, :]
-  start = batch['answer_start'][:, None]
-  tokens[positions >= start] = pad_id
-  for offset, token in enumerate(answer):
-    at = (positions == start + offset)
-    tokens[at] = token
-    loss_mask[at] = 1.0
-  return {**batch, 'tokens': tokens, 'loss_mask': loss_mask}
+def padded_answers(answers: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Candidate answers right-padded into int32 [C, longest] with their lengths [C]."""
+  longest = max(len(answer) for answer in answers)
+  ids = np.full([len(answers), longest], pad_id, np.int32)
+  for row, answer in enumerate(answers):
+    ids[row, :len(answer)] = answer
+  return ids, np.asarray([len(answer) for answer in answers], np.int32)
 
 
 class Predictor:
-  """Jitted scoring and generation for one experiment's parameters."""
+  """Jitted scoring and generation for one experiment's parameters: one prefill per batch serves both."""
 
   def __init__(self, experiment: Experiment, params: Any):
     self.experiment = experiment
     self.params = params
-    forward = experiment.forward_fn
-
-    def score(params: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
-      logits, valence = forward(params, batch)
-      total, count = answer_token_log_probs(logits, batch['tokens'], batch['loss_mask'])
-      return total / count, valence
-
-    self.score = experiment.on_mesh(jax.jit(score))
     tokenizer = experiment.builder.tokenizer
-    self.generate = experiment.on_mesh(jit_generate(
-        experiment.parts.graphdef, max_new_tokens=experiment.config.eval.max_new_tokens,
-        stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id))
+    self.answers = padded_answers(experiment.builder.answers, tokenizer.pad_id)
+    graphdef = experiment.parts.graphdef
+
+    def predict(states: tuple, batch: dict, answers: jax.Array, lengths: jax.Array) -> dict[str, jax.Array]:
+      return score_and_generate(nnx.merge(graphdef, *states), batch, answers, lengths,
+                                max_new_tokens=experiment.config.eval.max_new_tokens,
+                                stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+
+    self.run = experiment.on_mesh(jax.jit(predict))
 
   def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Label scores [B, C] (mean answer log-likelihood), valence [B], generated tokens [B, T]."""
     exp = self.experiment
-    pad_id = exp.builder.tokenizer.pad_id
-    scores, valence = [], None
-    for answer in exp.builder.answers:
-      candidate = exp.global_batch(with_answer(batch, answer, pad_id))
-      score, valence = self.score(self.params, candidate)
-      scores.append(np.asarray(score))
-    generated = self.generate((self.params, exp.parts.rest), exp.global_batch(batch))['tokens']
-    return {'scores': np.stack(scores, axis=1), 'valence': np.asarray(valence),
-            'generated': np.asarray(generated)}
+    out = self.run((self.params, exp.parts.rest), exp.global_batch(batch), *self.answers)
+    return {'scores': np.asarray(out['scores']), 'valence': np.asarray(out['valence']),
+            'generated': np.asarray(out['tokens'])}
 
 
 def predict_split(predictor: Predictor, split: str, progress: bool = True) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Batched answer decoding under jit: KV-cache prefill + decode loop, or full recomputation; greedy or sampled."""
+"""Batched answer decoding under jit (KV-cache prefill + decode loop, or full recomputation; greedy or sampled)
+and candidate-answer scoring from the same prefill."""
 
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -7,6 +8,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from mer_jax.models.layers import KVCache
+from mer_jax.models.llm import LLM
 from mer_jax.models.mer import MERModel
 
 
@@ -102,17 +105,12 @@ def generate(model: MERModel, batch: dict[str, jax.Array], key: jax.Array, sampl
   start = batch['answer_start'].astype(jnp.int32)
   rows = jnp.arange(batch_size)
   # NNX modules cannot cross into the loop body's trace: the LLM's weights travel in the loop state.
-  graphdef, weights = nnx.split(model.llm)
   if use_cache:
     logits, valence, cache = model.prefill(batch, length + max_new_tokens)
-    state = (weights, cache)
-
-    def advance(state: Any, token: jax.Array, step: jax.Array) -> tuple[jax.Array, Any]:
-      weights, cache = state
-      llm = nnx.merge(graphdef, weights)
-      hidden, cache = llm.extend(llm.embed_tokens(token[:, None]), cache)
-      return llm.logits(hidden)[:, 0], (weights, cache)
+    tokens, count = decode_cached(model.llm, logits, cache, key, sampling, max_new_tokens=max_new_tokens,
+                                  stop_ids=stop_ids, pad_id=pad_id)
   else:
+    graphdef, weights = nnx.split(model.llm)
     embeddings = jnp.pad(model.embed_inputs(batch), ((0, 0), (0, max_new_tokens), (0, 0)))
     _, hidden = model.llm.forward(embeddings)
     last = hidden[rows, start - 1]
@@ -127,9 +125,64 @@ def generate(model: MERModel, batch: dict[str, jax.Array], key: jax.Array, sampl
       logits, _ = llm.forward(embeddings)
       return logits[rows, at], (weights, embeddings)
 
-  tokens, count = decode_loop(logits, advance, state, key, sampling, max_new_tokens=max_new_tokens,
-                              stop_ids=stop_ids, pad_id=pad_id)
+    tokens, count = decode_loop(logits, advance, state, key, sampling, max_new_tokens=max_new_tokens,
+                                stop_ids=stop_ids, pad_id=pad_id)
   return {'tokens': tokens, 'num_tokens': count, 'valence': valence}
+
+
+def decode_cached(llm: LLM, first_logits: jax.Array, cache: KVCache, key: jax.Array, sampling: Sampling, *,
+                  max_new_tokens: int, stop_ids: Sequence[int], pad_id: int) -> tuple[jax.Array, jax.Array]:
+  """decode_loop from a prefilled cache: each step runs only the new token -> (tokens [B, N], num_tokens [B])."""
+  # NNX modules cannot cross into the loop body's trace: the LLM's weights travel in the loop state.
+  graphdef, weights = nnx.split(llm)
+
+  def advance(state: Any, token: jax.Array, step: jax.Array) -> tuple[jax.Array, Any]:
+    weights, cache = state
+    llm = nnx.merge(graphdef, weights)
+    hidden, cache = llm.extend(llm.embed_tokens(token[:, None]), cache)
+    return llm.logits(hidden)[:, 0], (weights, cache)
+
+  return decode_loop(first_logits, advance, (weights, cache), key, sampling, max_new_tokens=max_new_tokens,
+                     stop_ids=stop_ids, pad_id=pad_id)
+
+
+def candidate_scores(llm: LLM, first_logits: jax.Array, cache: KVCache, answers: jax.Array,
+                     answer_lengths: jax.Array, seq_len: int) -> jax.Array:
+  """Mean log-likelihood [B, C] of each of C candidate answers after each of B prefilled prompts.
+
+  first_logits [B, vocab] and `cache` come from one prefill (MERModel.prefill; cache.lengths are
+  the answer starts). answers [C, A] holds the candidates' ids right-padded to A, answer_lengths
+  [C] their lengths. Every (prompt, candidate) pair extends its copy of the cache in one batched
+  pass, so the encoders and the prompt run once. Answer positions at or past `seq_len` are not
+  scored, as a training batch of that length would have cut them off.
+  """
+  batch, num_candidates = first_logits.shape[0], answers.shape[0]
+  answer_len = answers.shape[1]
+  tiled = KVCache(jnp.repeat(cache.k, num_candidates, axis=1), jnp.repeat(cache.v, num_candidates, axis=1),
+                  jnp.repeat(cache.lengths, num_candidates))
+  tokens = jnp.tile(answers, (batch, 1))
+  hidden, _ = llm.extend(llm.embed_tokens(tokens), tiled)
+  logits = jnp.concatenate([jnp.repeat(first_logits, num_candidates, axis=0)[:, None],
+                            llm.logits(hidden[:, :answer_len - 1])], axis=1)
+  picked = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[..., None], axis=-1)[..., 0]
+  offsets = jnp.arange(answer_len)[None, :]
+  scored = (offsets < jnp.tile(answer_lengths, batch)[:, None]) & (tiled.lengths[:, None] + offsets < seq_len)
+  scores = jnp.sum(jnp.where(scored, picked, 0.0), axis=-1) / jnp.sum(scored, axis=-1)
+  return scores.reshape(batch, num_candidates)
+
+
+def score_and_generate(model: MERModel, batch: dict[str, jax.Array], answers: jax.Array, answer_lengths: jax.Array,
+                       *, max_new_tokens: int, stop_ids: Sequence[int], pad_id: int) -> dict[str, jax.Array]:
+  """One prefill per batch, then candidate_scores and greedy decoding from it.
+
+  -> {'scores' [B, C], 'valence' [B], 'tokens' [B, N], 'num_tokens' [B]}. Call it under jit.
+  """
+  length = batch['tokens'].shape[1]
+  logits, valence, cache = model.prefill(batch, length + max(max_new_tokens, answers.shape[1]))
+  scores = candidate_scores(model.llm, logits, cache, answers, answer_lengths, length)
+  tokens, count = decode_cached(model.llm, logits, cache, jax.random.key(0), Sampling(),
+                                max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id)
+  return {'scores': scores, 'valence': valence, 'tokens': tokens, 'num_tokens': count}
 
 
 def jit_generate(graphdef: nnx.GraphDef, *, compiler_options: dict[str, Any] | None = None,
