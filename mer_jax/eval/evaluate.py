@@ -50,8 +50,8 @@ class Predictor:
         experiment.parts.graphdef, max_new_tokens=experiment.config.eval.max_new_tokens,
         stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id))
 
-  def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Label scores [B, C] (mean answer log-likelihood), valence [B], generated tokens [B, T]."""
+  def label_scores(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Label scores [B, C] (each label answer's mean log-likelihood) and valence [B], without generating."""
     exp = self.experiment
     pad_id = exp.builder.tokenizer.pad_id
     scores, valence = [], None
@@ -59,9 +59,14 @@ class Predictor:
       candidate = exp.global_batch(with_answer(batch, answer, pad_id))
       score, valence = self.score(self.params, candidate)
       scores.append(np.asarray(score))
+    return np.stack(scores, axis=1), np.asarray(valence)
+
+  def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Label scores [B, C] (mean answer log-likelihood), valence [B], generated tokens [B, T]."""
+    exp = self.experiment
+    scores, valence = self.label_scores(batch)
     generated = self.generate((self.params, exp.parts.rest), exp.global_batch(batch))['tokens']
-    return {'scores': np.stack(scores, axis=1), 'valence': np.asarray(valence),
-            'generated': np.asarray(generated)}
+    return {'scores': scores, 'valence': valence, 'generated': np.asarray(generated)}
 
 
 def predict_split(predictor: Predictor, split: str, progress: bool = True) -> dict[str, Any]:
