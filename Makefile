@@ -9,7 +9,7 @@ DEMO := runs/demo
 MODALITIES := audio video text
 SEEDS := 0 1 2
 
-.PHONY: demo test ablations explanations seeds clean-demo
+.PHONY: demo test ablations explanations seeds scarce clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,27 @@ ablations: $(STAMP) $(DEMO)/data/dataset_info.json
 
 explanations: $(STAMP) $(DEMO)/data/dataset_info.json
 	$(call over_seeds,explain,configs/demo.py,--config.data.explanations=True)
+
+# Scarce labels: per seed, train on the first SCARCE percent of train; that run pseudo-labels the rest of train
+# with its labels hidden; a retrain starts from it on the same SCARCE percent plus the kept pseudo-labels.
+SCARCE := 10
+PSEUDO_FLAGS := --threshold 0.9 --per_class 60
+PSEUDO_WEIGHT := 1
+scarce: $(STAMP) $(DEMO)/data/dataset_info.json
+	for s in $(SEEDS); do \
+	  l=$(DEMO)/scarce$(SCARCE)-seed$$s; p=$(DEMO)/scarce$(SCARCE)-pseudo-seed$$s; \
+	  $(BIN)/mer-jax train --config configs/demo.py --config.data.dir=$(DEMO)/data --config.seed=$$s \
+	    --config.data.train_split='train[:$(SCARCE)%]' --workdir $$l && \
+	  $(BIN)/mer-jax evaluate --workdir $$l --split test && \
+	  $(BIN)/mer-jax pseudo-label --workdir $$l --split 'train[$(SCARCE)%:]' --hide_labels $(PSEUDO_FLAGS) \
+	    --out $$l/pseudo.csv && \
+	  $(BIN)/mer-jax train --config configs/demo.py --config.data.dir=$(DEMO)/data --config.seed=$$s \
+	    --config.data.train_split='train[:$(SCARCE)%]' --config.data.pseudo_labels=$$l/pseudo.csv=$(PSEUDO_WEIGHT) \
+	    --config.init.run=$$l --workdir $$p && \
+	  $(BIN)/mer-jax evaluate --workdir $$p --split test || exit 1; \
+	done; \
+	$(BIN)/mer-jax seeds $(foreach s,$(SEEDS),$(DEMO)/scarce$(SCARCE)-seed$(s)) --split test; \
+	$(BIN)/mer-jax seeds $(foreach s,$(SEEDS),$(DEMO)/scarce$(SCARCE)-pseudo-seed$(s)) --split test
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15

@@ -61,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.chat_template = 'auto'          # 'auto': the tokenizer's chat template (tokenizer_config.json), if any; 'none'
   c.data.train_split = 'train'          # a TFDS split expression: 'train', 'train[:10%]', 'session1+session2'
   c.data.mixture = ''                    # more datasets mixed into training: 'DIR[@SPLIT][=WEIGHT],...' (weight vs 1)
+  c.data.pseudo_labels = ''              # pseudo-labelled clips of data.dir mixed in: 'FILE.csv[=WEIGHT],...' (weight vs 1)
   c.data.val_fraction = 0.1              # validation carved from the train split
   c.data.max_transcript_tokens = 24
   c.data.explanations = explanations

@@ -1,4 +1,5 @@
-"""Command-line entry: mer-jax {synth,prepare,show,train,evaluate,predict,bench,describe,sweep,convert,export,seeds}."""
+"""Command-line entry: mer-jax {synth,prepare,show,train,evaluate,predict,bench,describe,sweep,convert,export,seeds,
+pseudo-label}."""
 
 import json
 import os
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
   from mer_jax.eval.wheel import Wheels
 
 COMMANDS = ('synth', 'prepare', 'show', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert', 'export',
-            'seeds')
+            'seeds', 'pseudo-label')
 POSITIONAL_COMMANDS = ('predict', 'seeds')  # commands that take file or directory arguments
 # Commands that run as one job over all the processes of a launch (unless they only --print); the others
 # refuse a launch of several.
@@ -79,6 +80,10 @@ flags.DEFINE_integer('limit', None, 'Show at most this many examples (show).')
 flags.DEFINE_bool('compile', False, 'Compile the train step ahead of time on as many fake CPU devices as the '
                   'mesh has and report its real per-device memory, collectives and partitioning (describe).')
 flags.DEFINE_string('hbm_gb', 'h100', 'Accelerator memory per chip for describe --compile: GB, or v5p, v6e, h100, h200.')
+flags.DEFINE_float('threshold', 0.9, 'Keep a clip whose top label probability is at least this (pseudo-label).')
+flags.DEFINE_integer('per_class', None, 'Keep at most this many clips per label, most confident first (pseudo-label).')
+flags.DEFINE_string('agree', None, 'A second run that must give the same label (pseudo-label).')
+flags.DEFINE_bool('hide_labels', False, 'Label a split that has labels as if it had none (pseudo-label).')
 flags.DEFINE_bool('print', False, 'Print one `mer-jax train` command per point instead of running them (sweep).')
 
 
@@ -144,6 +149,20 @@ def run_seeds(workdirs: list[str]) -> None:
   except FileNotFoundError as error:
     sys.exit(f'error: {error}')
   print(seeds.format_row(os.path.basename(os.path.normpath(workdirs[0])), len(reports), seeds.summary_row(reports)))
+
+
+def run_pseudo_label() -> None:
+  """mer-jax pseudo-label --workdir RUN --split S --out FILE.csv [--threshold --per_class --agree RUN2 --hide_labels]."""
+  from mer_jax import pseudo_label
+  require('pseudo-label', 'workdir', 'out')
+  try:
+    summary = pseudo_label.pseudo_label(FLAGS.workdir, FLAGS.split, FLAGS.out, FLAGS.threshold, FLAGS.per_class,
+                                        FLAGS.agree, FLAGS.hide_labels)
+  except (OSError, ValueError) as error:
+    sys.exit(f'error: {error}')
+  print(f"kept {summary['kept']} of {summary['total']} clips in {FLAGS.out}; summary in "
+        f"{pseudo_label.summary_path(FLAGS.out)}")
+  print(json.dumps({k: summary[k] for k in ('per_class', 'hidden_label_accuracy') if k in summary}))
 
 
 def run_show() -> None:
@@ -437,7 +456,7 @@ def main(argv: list[str]) -> None:
   join_job(argv[1])
   {'synth': run_synth, 'prepare': run_prepare, 'show': run_show, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
    'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'seeds': lambda: run_seeds(argv[2:]), 'sweep': run_sweep,
-   'convert': run_convert, 'export': run_export}[argv[1]]()
+   'convert': run_convert, 'export': run_export, 'pseudo-label': run_pseudo_label}[argv[1]]()
 
 
 

@@ -27,3 +27,22 @@ def prepared_tiny(tmp_path_factory) -> str:
   synthetic.write_dataset(raw, num_clips=40, seed=3)
   prepare.prepare_dataset('mer2023', raw, data, num_frames=4, frame_size=32)
   return data
+
+
+def tiny_config(data_dir: str, modalities: str = 'audio,video,text'):
+  """The tiny demo config on `data_dir`, trained 2 steps with a checkpoint at step 2."""
+  from configs import demo
+  config = demo.get_config(f'variant=tiny,modalities={modalities}')
+  config.data.dir = data_dir
+  config.train.steps = 2
+  config.train.checkpoint_every = 2
+  return config
+
+
+@pytest.fixture(scope='session')
+def tiny_run(prepared_tiny, tmp_path_factory) -> str:
+  """A tiny run trained 2 steps on prepared_tiny: the run that later stages start from or label with."""
+  from mer_jax.train.trainer import train
+  workdir = str(tmp_path_factory.mktemp('tiny_run') / 'run')
+  train(tiny_config(prepared_tiny), workdir)
+  return workdir

@@ -10,23 +10,13 @@ from mer_jax.train import checkpoint, run
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.trainer import train
 
-from configs import demo
-
-
-def tiny_config(data_dir: str, modalities: str = 'audio,video,text'):
-  config = demo.get_config(f'variant=tiny,modalities={modalities}')
-  config.data.dir = data_dir
-  config.train.steps = 2
-  config.train.checkpoint_every = 2
-  return config
+from conftest import tiny_config
 
 
 @pytest.fixture(scope='module')
-def source(prepared_tiny, tmp_path_factory) -> str:
+def source(tiny_run) -> str:
   """A tiny run trained 2 steps: the run others start from."""
-  workdir = str(tmp_path_factory.mktemp('init_run') / 'source')
-  train(tiny_config(prepared_tiny), workdir)
-  return workdir
+  return tiny_run
 
 
 def source_params(workdir: str, config) -> dict:

@@ -11,7 +11,7 @@ import grain
 import numpy as np
 from ml_collections import ConfigDict
 
-from mer_jax.data import chat, prepare
+from mer_jax.data import chat, prepare, pseudo_labels, weighted
 from mer_jax.data.text import PromptBuilder, PromptLayout, TextTokenizer
 
 
@@ -220,16 +220,9 @@ class MixtureEntry:
 def parse_mixture(spec: str) -> list[MixtureEntry]:
   """config.data.mixture: comma-separated `DIR[@SPLIT][=WEIGHT]` (split 'train', weight 1.0 by default)."""
   entries = []
-  for item in filter(None, (part.strip() for part in spec.split(','))):
-    location, _, weight = item.partition('=')
+  for location, weight in weighted.parse_weighted(spec, 'config.data.mixture'):
     data_dir, _, split = location.partition('@')
-    try:
-      value = float(weight) if weight else 1.0
-    except ValueError:
-      value = -1.0
-    if not value > 0:
-      raise ValueError(f'config.data.mixture entry {item!r}: weight {weight!r} is not a positive number')
-    entries.append(MixtureEntry(os.path.abspath(data_dir), split or 'train', value))
+    entries.append(MixtureEntry(os.path.abspath(data_dir), split or 'train', weight))
   return entries
 
 
@@ -244,12 +237,20 @@ def _training_examples(data_config: Any, info: dict, split: str, featurizer: Fea
   return grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).map(featurizer)
 
 
+def pseudo_label_source(data_config: Any, info: dict, path: str) -> pseudo_labels.RelabelledSource:
+  """The clips of data_config.dir that the pseudo-label file `path` names, with its labels (any split holds them)."""
+  rows = pseudo_labels.read_csv(path, info['labels'])
+  directory = prepare.tfds_dir(data_config.dir, info)
+  return pseudo_labels.relabelled_source(path, rows, {name: tfds_source(directory, name) for name in info['splits']})
+
+
 def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0, shard_count: int = 1,
                   builder: PromptBuilder | None = None) -> grain.IterDataset:
   """Endless batches of this host's `batch_size` rows of each seeded-shuffled global batch (checkpointable).
 
   With config.data.mixture, examples of every listed dataset are drawn by weight among those of
-  config.data.dir's train split (weight 1), each prompted with its own dataset's labels.
+  config.data.dir's train split (weight 1), each prompted with its own dataset's labels; with
+  config.data.pseudo_labels, so are the clips of config.data.dir each file names, with its labels.
   """
   builder = builder or prompt_builder(config, info)
   modalities = tuple(config.model.modalities)
@@ -261,6 +262,11 @@ def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0
     other_config = ConfigDict({'dir': entry.data_dir, 'train_split': entry.split, 'val_fraction': 0.0})
     featurizer = Featurizer(builder.for_labels(other_info['labels']), modalities)
     datasets.append(_training_examples(other_config, other_info, entry.split, featurizer, seed + index))
+    weights.append(entry.weight)
+  for entry in pseudo_labels.parse_spec(config.data.get('pseudo_labels', '')):
+    source = pseudo_label_source(config.data, info, entry.path)
+    featurizer = Featurizer(builder, modalities)
+    datasets.append(grain.MapDataset.source(source).shuffle(seed=seed + len(datasets)).repeat(None).map(featurizer))
     weights.append(entry.weight)
   examples = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
   dataset = HostRows(examples, shard_index, shard_count, batch_size).batch(batch_size, drop_remainder=True)

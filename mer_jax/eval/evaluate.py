@@ -50,6 +50,11 @@ class Predictor:
     return {'scores': np.asarray(out['scores']), 'valence': np.asarray(out['valence']),
             'generated': np.asarray(out['tokens'])}
 
+  def label_scores(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Label scores [B, C] (each label answer's mean log-likelihood) and valence [B]."""
+    out = self.predict(batch)
+    return out['scores'], out['valence']
+
 
 def predict_split(predictor: Predictor, split: str, progress: bool = True) -> dict[str, Any]:
   """Predictions for every example of `split`, in order, with the clip names, open-vocabulary references and

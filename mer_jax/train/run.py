@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import jax
 from ml_collections import ConfigDict
 
-from mer_jax.data import chat, pipeline
+from mer_jax.data import chat, pipeline, pseudo_labels
 from mer_jax.train import checkpoint, init_run
 from mer_jax.train.experiment import Experiment
 from mer_jax.train.state import PRETRAINED
@@ -65,7 +65,7 @@ def flatten(tree: dict, prefix: str = '') -> dict[str, object]:
 
 
 def absolute_paths(config: ConfigDict) -> ConfigDict:
-  """A copy of `config` whose dataset, tokenizer, mixture, init_from and init.run paths are absolute."""
+  """A copy of `config` whose dataset, tokenizer, mixture, pseudo-label, init_from and init.run paths are absolute."""
   config = copy.deepcopy(config)
   with config.unlocked():
     config.data.dir = os.path.abspath(config.data.dir)
@@ -74,6 +74,9 @@ def absolute_paths(config: ConfigDict) -> ConfigDict:
     if config.data.get('mixture'):
       config.data.mixture = ','.join(f'{e.data_dir}@{e.split}={e.weight}'
                                      for e in pipeline.parse_mixture(config.data.mixture))
+    if config.data.get('pseudo_labels'):
+      config.data.pseudo_labels = ','.join(f'{e.path}={e.weight}'
+                                           for e in pseudo_labels.parse_spec(config.data.pseudo_labels))
     for name in PRETRAINED:
       if config.model[name].init_from:
         config.model[name].init_from = os.path.abspath(config.model[name].init_from)
