@@ -16,7 +16,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = runpy.run_path(os.path.join(os.path.dirname(__file__), 'demo.py'))['get_config'](arg)
   tiny = 'variant=tiny' in (arg or '')
   c.model.dropout = 0.0                  # the policy ratio compares the same function before and after updates
-  c.train.steps = 30 if not tiny else 4
+  c.train.steps = 40 if not tiny else 4
   c.train.batch_size = 8 if not tiny else 2  # clips per step
   c.train.learning_rate = 1e-4
   c.train.warmup_steps = 0

@@ -72,13 +72,11 @@ def format_reward(completion: Completion) -> float:
   if not completion.finished:
     return 0.0
   label, _ = answer_part(completion)
-  if not label or LABEL_END in label:
+  if LABEL_WORDS.fullmatch(label) is None:
     return 0.0
-  if THINK_ANSWER.match(completion.text):
+  if THINK_ANSWER.match(completion.text) or not completion.explanations:
     return 1.0
-  if completion.explanations:
-    return float(completion.text.strip().startswith(label + LABEL_END))
-  return float(LABEL_WORDS.fullmatch(label) is not None)
+  return float(completion.text.strip().startswith(label + LABEL_END))
 
 
 def length_penalty(completion: Completion) -> float:
