@@ -183,6 +183,8 @@ def run_train() -> None:
   from mer_jax.train.run import RunError
   from mer_jax.train.trainer import train
   require('train', 'config', 'workdir')
+  if 'rl' in FLAGS.config:  # a config with an rl section trains by GRPO
+    from mer_jax.rl.grpo import train_grpo as train
   try:
     train(FLAGS.config, FLAGS.workdir, hooks=Validation(FLAGS.config.train.eval_every).hooks)
   except (RunError, CheckpointMismatch, OSError, ValueError) as error:

@@ -56,6 +56,11 @@ class Predictor:
     return out['scores'], out['valence']
 
 
+def answer_length(generated: list[int], eos_id: int) -> int:
+  """Tokens of a generated answer before its first EOS (all of them when it has none)."""
+  return generated.index(eos_id) if eos_id in generated else len(generated)
+
+
 def predict_split(predictor: Predictor, split: str, progress: bool = True) -> dict[str, Any]:
   """Predictions for every example of `split`, in order, with the clip names, open-vocabulary references and
   (for a model that explains, data.explanations) reference reasons; the split is read once."""
@@ -63,7 +68,7 @@ def predict_split(predictor: Predictor, split: str, progress: bool = True) -> di
   config = exp.config
   parts: dict[str, list] = {'true': [], 'scored': [], 'generated': [], 'texts': [], 'label_texts': [],
                             'explanations': [], 'valence_true': [], 'valence_pred': [], 'names': [],
-                            'reasons': [], 'opensets': []}
+                            'reasons': [], 'opensets': [], 'answer_tokens': []}
   batches = pipeline.eval_batches(config, exp.info, split, config.eval.batch_size, exp.builder)
   for batch, fields in tqdm.tqdm(batches, desc=f'evaluate {split}', disable=not progress, unit='batch'):
     valid = len(fields)
@@ -79,6 +84,7 @@ def predict_split(predictor: Predictor, split: str, progress: bool = True) -> di
       label = exp.builder.parse_label(tokens.tolist())
       parts['generated'].append(metrics.INVALID if label is None else exp.labels.index(label))
       parts['texts'].append(exp.builder.answer_text(tokens.tolist()))
+      parts['answer_tokens'].append(answer_length(tokens.tolist(), exp.builder.tokenizer.eos_id))
       label_text, explanation = exp.builder.label_and_explanation(tokens.tolist())
       parts['label_texts'].append(label_text)
       parts['explanations'].append(explanation)
@@ -146,7 +152,8 @@ def build_report(predictions: dict[str, np.ndarray], labels: list[str], train_va
                  split: str, wheels: Wheels | None = None) -> dict[str, Any]:
   """The report: scored (headline) and generated classification, valence, open vocabulary, explanations, samples.
 
-  Each classification also carries the MER2023 combined score, its WAF - 0.25 * valence MSE.
+  Each classification also carries the MER2023 combined score, its WAF - 0.25 * valence MSE; the
+  generated one the mean answer length in tokens before EOS ('answer_tokens'). Invalid answers count as wrong.
   'explanations' (token F1 and cue accuracy, see eval/cues.py) is None unless `predictions` holds
   reference reasons (a model trained with data.explanations) and some are non-empty.
   """
@@ -157,6 +164,8 @@ def build_report(predictions: dict[str, np.ndarray], labels: list[str], train_va
   for report in kinds.values():
     if report is not None and valence is not None:
       report['mer2023_score'] = metrics.mer2023_score(report['waf'], valence['mse'])
+  if kinds['generated'] is not None and 'answer_tokens' in predictions:
+    kinds['generated']['answer_tokens'] = float(np.mean(predictions['answer_tokens'][labelled]))
   return {
       'split': split,
       'count': int(len(predictions['true'])),

@@ -12,6 +12,7 @@ COLUMNS = (
     ('ACC (scored)', ('scored', 'accuracy')),
     ('WAF (generated)', ('generated', 'waf')),
     ('invalid', ('generated', 'invalid')),
+    ('answer tokens', ('generated', 'answer_tokens')),
     ('valence MSE', ('valence', 'mse')),
     ('mean-predictor MSE', ('valence', 'mean_predictor_mse')),
 )

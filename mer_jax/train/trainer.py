@@ -181,51 +181,92 @@ def restore_or_init(experiment: Experiment, checkpointer: Checkpointer, iterator
   return state, start_step
 
 
-def train(config: Any, workdir: str, stop_at: int | None = None, hooks: HookFactory | None = None) -> dict[str, float]:
+# A loop over a run's steps: (experiment, workdir, signals, stop_at, hooks) -> the hooks' last scalars.
+Loop = Callable[[Experiment, str, StopSignals, int | None, Sequence[Hook]], dict[str, float]]
+
+
+def train(config: Any, workdir: str, stop_at: int | None = None, hooks: HookFactory | None = None,
+          loop: Loop | None = None) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir` to config.train.steps; returns the hooks' last scalars.
 
   `stop_at` ends this invocation after that step (checkpointed) as a preempted job would; running
   again resumes exactly where it stopped. A missing dataset, a checkpoint that does not fit the
   config (checkpoint.CheckpointMismatch) or a workdir held by another trainer stop before anything
-  in `workdir` changes.
+  in `workdir` changes. `loop` runs the steps (default: supervised training, train_loop).
   """
   config = run.absolute_paths(config)
   experiment = Experiment(config)
   multiprocess = jax.process_count() > 1
   lock = run.trainer_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with lock, StopSignals(multiprocess) as signals:
-    return train_loop(experiment, workdir, signals, stop_at, hooks(experiment) if hooks else ())
+    return (loop or train_loop)(experiment, workdir, signals, stop_at, hooks(experiment) if hooks else ())
 
 
-def train_loop(experiment: Experiment, workdir: str, signals: StopSignals, stop_at: int | None,
-               hooks: Sequence[Hook]) -> dict[str, float]:
-  """The steps of train(): restore, record the run, step, log, checkpoint, run hooks, stop on a signal."""
-  # TensorFlow's start-up notices would bury the run's lines; its oneDNN ops are unused (only writers import it).
+@dataclasses.dataclass
+class RunFiles:
+  """What a loop over a workdir holds open: checkpointer, data iterator, TensorBoard writer, state and start step."""
+
+  checkpointer: Checkpointer
+  iterator: Any
+  writer: Any
+  state: dict
+  start_step: int
+
+
+def open_run(experiment: Experiment, workdir: str, batch_size: int, cleanup: contextlib.ExitStack) -> RunFiles:
+  """Opens the checkpoints and this host's share of `batch_size` training examples, restores or initialises
+  the state, records the run (chief) and opens the writer; `cleanup` closes them."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   from clu import metric_writers  # imports TensorFlow: only where training writes events
 
   config = experiment.config
-  train_config = config.train
   is_chief = jax.process_index() == 0
-  checkpointer = Checkpointer(f'{workdir}/{run.CHECKPOINT_DIR}', train_config.keep_checkpoints)
-  shard_index, shard_count, host_batch = experiment.host_shard(train_config.batch_size)
+  checkpointer = Checkpointer(f'{workdir}/{run.CHECKPOINT_DIR}', config.train.keep_checkpoints)
+  shard_index, shard_count, host_batch = experiment.host_shard(batch_size)
   dataset = pipeline.train_dataset(config, experiment.info, host_batch, shard_index=shard_index,
                                    shard_count=shard_count, builder=experiment.builder)
   iterator = iter(dataset)
+  cleanup.callback(close_quietly, checkpointer)
+  state, start_step = restore_or_init(experiment, checkpointer, iterator)
+  if is_chief:
+    run.record_run(experiment, workdir)
+    trainable, total = parameter_counts(config.train, experiment.parts.abstract_params)
+    print(f'parameters: {trainable:,} trainable of {total:,} (train.trainable={tuple(config.train.trainable)})')
+  if start_step >= config.train.steps:
+    print(f'{workdir} already holds step {start_step} >= train.steps={config.train.steps}; nothing to train')
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
+  cleanup.callback(writer.close)
+  return RunFiles(checkpointer, iterator, writer, state, start_step)
+
+
+def end_of_step(files: RunFiles, train_config: Any, step: int, last_step: int, state: dict, hooks: Sequence[Hook],
+                hook_scalars: dict[str, float], signals: StopSignals, stopping: bool) -> bool:
+  """Checkpoints when due, runs the due hooks (their scalars into hook_scalars and TensorBoard); True to stop."""
+  if step % train_config.checkpoint_every == 0 or step == last_step or stopping:
+    save_checkpoint(files.checkpointer, step, state, files.iterator.get_state(), wait=stopping or step == last_step)
+  for hook in hooks:
+    if step % hook.every == 0 or step == train_config.steps:
+      hook_scalars.update(hook.run(step, state))
+      files.writer.write_scalars(step, hook_scalars)
+  if stopping:
+    print(f'stopped by {signals.received} after step {step}/{train_config.steps}; checkpoint '
+          f'{files.checkpointer.directory}/{step} written; run the same command to resume', flush=True)
+  return stopping
+
+
+def train_loop(experiment: Experiment, workdir: str, signals: StopSignals, stop_at: int | None,
+               hooks: Sequence[Hook]) -> dict[str, float]:
+  """The steps of train(): restore, record the run, step, log, checkpoint, run hooks, stop on a signal."""
+  config = experiment.config
+  train_config = config.train
+  is_chief = jax.process_index() == 0
   with contextlib.ExitStack() as cleanup:
-    cleanup.callback(close_quietly, checkpointer)
-    state, start_step = restore_or_init(experiment, checkpointer, iterator)
-    if is_chief:
-      run.record_run(experiment, workdir)
-      trainable, total = parameter_counts(train_config, experiment.parts.abstract_params)
-      print(f'parameters: {trainable:,} trainable of {total:,} (train.trainable={tuple(train_config.trainable)})')
-    if start_step >= train_config.steps:
-      print(f'{workdir} already holds step {start_step} >= train.steps={train_config.steps}; nothing to train')
+    files = open_run(experiment, workdir, train_config.batch_size, cleanup)
+    state, start_step, iterator, checkpointer, writer = (files.state, files.start_step, files.iterator,
+                                                         files.checkpointer, files.writer)
     step_fn = experiment.train_step()
     schedule = learning_rate_schedule(train_config)
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
-    cleanup.callback(writer.close)
     progress = Progress(train_config.steps, train_config.batch_size, start_step)
     bad_steps = BadSteps(train_config.max_bad_steps)
     running: TrainMetrics | None = None
@@ -265,15 +306,7 @@ def train_loop(experiment: Experiment, workdir: str, signals: StopSignals, stop_
           print(log_line(step, train_config.steps, scalars, rates), flush=True)
         running, bad_steps.since_log = None, 0
       bad_steps.check(checkpointer)
-      if step % train_config.checkpoint_every == 0 or step == last_step or stopping:
-        save_checkpoint(checkpointer, step, state, iterator.get_state(), wait=stopping or step == last_step)
-      for hook in hooks:
-        if step % hook.every == 0 or step == train_config.steps:
-          hook_scalars.update(hook.run(step, state))
-          writer.write_scalars(step, hook_scalars)
-      if stopping:
-        print(f'stopped by {signals.received} after step {step}/{train_config.steps}; checkpoint '
-              f'{checkpointer.directory}/{step} written; run the same command to resume', flush=True)
+      if end_of_step(files, train_config, step, last_step, state, hooks, hook_scalars, signals, stopping):
         break
     return hook_scalars
 

@@ -1,0 +1,1 @@
+"""Reinforcement stage (GRPO): rollouts with the KV-cache sampler, rewards, objective, update, loop."""
