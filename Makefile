@@ -9,7 +9,8 @@ DEMO := runs/demo
 MODALITIES := audio video text
 SEEDS := 0 1 2
 
-.PHONY: demo test ablations explanations seeds scarce clean-demo
+.PHONY: demo test ablations explanations seeds scarce clean-demo bench bench-train bench-train-large bench-model \
+  bench-data bench-eval bench-eval-before
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +69,40 @@ scarce: $(STAMP) $(DEMO)/data/dataset_info.json
 	done; \
 	$(BIN)/mer-jax seeds $(foreach s,$(SEEDS),$(DEMO)/scarce$(SCARCE)-seed$(s)) --split test; \
 	$(BIN)/mer-jax seeds $(foreach s,$(SEEDS),$(DEMO)/scarce$(SCARCE)-pseudo-seed$(s)) --split test
+
+# Speed: each target prints a markdown table (README, Speed) and keeps it in $(BENCH)/.
+BENCH := runs/bench
+# The last commit whose evaluation ran the whole model once per candidate label.
+EVAL_BEFORE := 6ca1169
+BENCH_LLM := $(BIN)/mer-jax bench --what train --vs torch --threads 2 --repeats 5 --steps 1
+
+bench: bench-train bench-train-large bench-model bench-data bench-eval
+
+bench-train: $(STAMP)
+	mkdir -p $(BENCH) && $(BENCH_LLM) --attention xla,einsum | tee $(BENCH)/train_512.md
+
+bench-train-large: $(STAMP)
+	mkdir -p $(BENCH) && $(BENCH_LLM) --attention einsum --width 1024 --layers 8 --seq 1024 | tee $(BENCH)/train_1024.md
+
+bench-model: $(STAMP)
+	mkdir -p $(BENCH) && $(BIN)/mer-jax bench --what train --config configs/demo.py --steps 5 | tee $(BENCH)/model.md
+
+bench-data: $(STAMP) $(DEMO)/data/dataset_info.json
+	mkdir -p $(BENCH) && $(BIN)/mer-jax bench --what data --config configs/demo.py --config.data.dir=$(DEMO)/data \
+	  --steps 5 | tee $(BENCH)/data.md
+
+bench-eval: $(STAMP) $(DEMO)/data/dataset_info.json
+	mkdir -p $(BENCH) && $(BIN)/mer-jax bench --what eval --config configs/demo.py --config.data.dir=$(DEMO)/data \
+	  --split test | tee $(BENCH)/eval.md
+
+# The same evaluation timing on the package as it was at $(EVAL_BEFORE) (its Predictor, today's timing code).
+bench-eval-before: $(STAMP) $(DEMO)/data/dataset_info.json
+	rm -rf $(BENCH)/before && mkdir -p $(BENCH)/before
+	git archive $(EVAL_BEFORE) mer_jax configs | tar -x -C $(BENCH)/before
+	cp mer_jax/eval/bench_loop.py mer_jax/eval/bench_train.py $(BENCH)/before/mer_jax/eval/
+	cd $(BENCH)/before && PYTHONPATH=. $(abspath $(BIN))/python -c "from configs import demo; \
+	  from mer_jax.eval.bench_loop import bench_eval; c = demo.get_config(); \
+	  c.data.dir = '$(abspath $(DEMO)/data)'; print(bench_eval(c, 'test', 5))" | tee ../eval_before.md
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15

@@ -5,7 +5,7 @@ import re
 import numpy as np
 
 from configs import demo
-from mer_jax.eval import bench_train
+from mer_jax.eval import bench_loop, bench_train
 from mer_jax.eval.bench_torch import TorchStepper
 
 TINY = bench_train.Shape(width=64, layers=2, heads=4, kv_heads=2, seq=16, batch=2, vocab=100)
@@ -54,7 +54,7 @@ def test_llm_table_has_every_implementation_and_the_ratio():
 def test_whole_model_table():
   config = demo.get_config('variant=tiny')
   config.data.seq_len = 32
-  table = bench_train.bench_model(config, 128, steps=1, repeats=1)
+  table = bench_loop.bench_model(config, 128, steps=1, repeats=1)
   row = re.search(r'^\| (\d+) \| ([\d.]+) \| (\d+) \|', table, re.M)
   assert row and float(row.group(2)) > 0 and int(row.group(3)) > 0
   assert 'batch 4, sequence 32, vocab 128' in table

@@ -1,14 +1,37 @@
-"""Benchmarks of the loops around the train step: the data loader against the step's consumption, evaluate's clips/s."""
+"""Benchmarks of a config's whole model: its train step's examples/s, the loader against it, evaluate's clips/s."""
 
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
 from mer_jax.data import pipeline
-from mer_jax.eval.bench_train import alternate, load_average, medians, model_stepper
+from mer_jax.eval.bench_train import Stepper, alternate, load_average, medians
 from mer_jax.eval.evaluate import Predictor, predict_split
-from mer_jax.train.experiment import Experiment
+from mer_jax.train.experiment import Experiment, ModelSetup
+from mer_jax.train.random_batch import random_batch
+
+
+def model_stepper(config: Any, vocab_size: int, batch_size: int) -> Stepper:
+  """The whole multimodal model of `config` with its configured optimizer and step, on one random batch."""
+  setup = ModelSetup(config, vocab_size)
+  batch = setup.global_batch(random_batch(config, batch_size, vocab_size))
+  return Stepper(setup.train_step(), setup.init_state(), batch)
+
+
+def bench_model(config: Any, vocab_size: int, steps: int, repeats: int) -> str:
+  """Markdown table of the whole multimodal model's train step for `config` on random batches: examples/s."""
+  batch_size = config.train.batch_size
+  runs = alternate({'model': model_stepper(config, vocab_size, batch_size)}, steps, repeats)
+  seconds = medians(runs)['model']
+  return '\n'.join([
+      f'{jax.devices()[0].device_kind}, whole model, batch {batch_size}, sequence {config.data.seq_len}, '
+      f'vocab {vocab_size}, attention {config.model.llm.get("attention", "xla")}, {load_average()}; medians of '
+      f'{repeats} runs of {steps} step(s)', '',
+      '| ms / step | examples/s | tokens/s | runs (ms / step) |', '|---|---|---|---|',
+      f'| {1000 * seconds:.0f} | {batch_size / seconds:.1f} | {batch_size * config.data.seq_len / seconds:.0f} | '
+      f'{", ".join(f"{1000 * s:.0f}" for s in runs["model"])} |'])
 
 
 def loader_seconds(iterator: Any, batches: int) -> float:

@@ -22,7 +22,8 @@ def import_torch() -> tuple[Any, Any]:
 class TorchStepper:
   """LlamaForCausalLM of `shape` (weights in shape.dtype, SDPA attention) and an AdamW step on random tokens.
 
-  `threads` sets torch's intra-op threads. `run(n)` takes n steps and returns seconds per step.
+  It runs on the first CUDA device when torch sees one, else on the CPU with `threads` intra-op
+  threads. `run(n)` takes n steps and returns seconds per step.
   """
 
   def __init__(self, shape: Shape, threads: int, seed: int = 0):
@@ -37,9 +38,10 @@ class TorchStepper:
         max_position_embeddings=shape.seq, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
         attn_implementation='sdpa')
     self.torch = torch
-    self.model = transformers.LlamaForCausalLM(config).to(getattr(torch, shape.dtype)).train()
+    self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    self.model = transformers.LlamaForCausalLM(config).to(self.device, getattr(torch, shape.dtype)).train()
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
-    self.tokens = torch.randint(0, shape.vocab, (shape.batch, shape.seq))
+    self.tokens = torch.randint(0, shape.vocab, (shape.batch, shape.seq), device=self.device)
     self.run(2)  # first-call allocations and kernel choices
 
   def step(self) -> float:
@@ -54,5 +56,5 @@ class TorchStepper:
     """Seconds per step over `steps` steps."""
     began = time.perf_counter()
     for _ in range(steps):
-      self.step()
+      self.step()  # float(loss) waits for the device
     return (time.perf_counter() - began) / steps

@@ -1,4 +1,4 @@
-"""Training-step benchmarks: the LLM alone at given dimensions (tokens/s, MFU) and a config's whole model (examples/s)."""
+"""Training-step benchmark of the LLM alone at given dimensions: tokens/s and MFU, beside PyTorch's if asked."""
 
 from collections.abc import Callable
 import dataclasses
@@ -15,8 +15,6 @@ import optax
 
 from mer_jax.models.llm import LLM
 from mer_jax.train import step as step_lib
-from mer_jax.train.experiment import ModelSetup
-from mer_jax.train.random_batch import random_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +72,25 @@ def train_flops(shape: Shape) -> int:
   return 3 * shape.tokens * (2 * matmul_params(shape) + attention)
 
 
-def matmul_peak(dtype: str, size: int = 2048, repeats: int = 5) -> float:
-  """FLOP/s of the fastest of `repeats` jitted [size, size] @ [size, size] products in `dtype` on this device."""
+# Dense (no sparsity) bfloat16 tensor-core peaks from the vendors' data sheets, FLOP/s, by a part of the
+# device name; the first key found in jax's device_kind wins.
+DENSE_BF16_PEAKS = {'H100 PCIe': 756e12, 'GH200': 989e12, 'H200': 989e12, 'H100': 989e12, 'B200': 2250e12,
+                    'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, 'A10G': 70e12}
+
+
+def spec_peak(device_kind: str, dtype: str) -> float | None:
+  """The data-sheet dense bfloat16 peak of a device named `device_kind`; None if unknown or dtype is not bfloat16."""
+  if dtype != 'bfloat16':
+    return None
+  return next((peak for name, peak in DENSE_BF16_PEAKS.items() if name in device_kind), None)
+
+
+def matmul_peak(dtype: str, size: int = 0, repeats: int = 5) -> float:
+  """FLOP/s of the fastest of `repeats` jitted [size, size] @ [size, size] products in `dtype` on this device.
+
+  size 0: 2048 on a CPU, 8192 on an accelerator (large enough to saturate it).
+  """
+  size = size or (2048 if jax.default_backend() == 'cpu' else 8192)
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
   b = jax.random.normal(jax.random.key(1), (size, size), jnp.dtype(dtype))
   matmul = jax.jit(jnp.matmul)
@@ -133,13 +148,6 @@ def llm_stepper(shape: Shape, seed: int = 0) -> Stepper:
   return Stepper(jax.jit(train_step, donate_argnums=(0,)), (params, tx.init(params)), tokens)
 
 
-def model_stepper(config: Any, vocab_size: int, batch_size: int) -> Stepper:
-  """The whole multimodal model of `config` with its configured optimizer and step, on one random batch."""
-  setup = ModelSetup(config, vocab_size)
-  batch = setup.global_batch(random_batch(config, batch_size, vocab_size))
-  return Stepper(setup.train_step(), setup.init_state(), batch)
-
-
 def medians(runs: dict[str, list[float]]) -> dict[str, float]:
   """The median of each list of seconds per step."""
   return {name: float(np.median(seconds)) for name, seconds in runs.items()}
@@ -180,30 +188,21 @@ def bench_llm(shape: Shape, attentions: list[str], torch_threads: int | None, st
   runs = alternate(steppers, steps, repeats)
   peak = matmul_peak(shape.dtype)
   flops = train_flops(shape)
-  lines = [f'{jax.devices()[0].device_kind}, {describe(shape)}: {flops / 1e9:.1f} GFLOP per step, matmul peak '
-           f'{peak / 1e9:.1f} GFLOP/s ({shape.dtype}), {load_average()}; medians of {repeats} alternating runs of '
-           f'{steps} step(s)', '',
-           '| implementation | ms / step | tokens/s | MFU | runs (ms / step) |', '|---|---|---|---|---|']
+  device = jax.devices()[0].device_kind
+  sheet = spec_peak(device, shape.dtype)
+  lines = [f'{device}, {describe(shape)}: {flops / 1e9:.1f} GFLOP per step, measured matmul peak '
+           f'{peak / 1e9:.1f} GFLOP/s ({shape.dtype})'
+           + (f', data-sheet dense peak {sheet / 1e12:.0f} TFLOP/s' if sheet else '')
+           + f', {load_average()}; medians of {repeats} alternating runs of {steps} step(s)', '',
+           '| implementation | ms / step | tokens/s | MFU | MFU vs data sheet | runs (ms / step) |',
+           '|---|---|---|---|---|---|']
   for name, seconds in medians(runs).items():
     each = ', '.join(f'{1000 * s:.0f}' for s in runs[name])
+    vs_sheet = f'{100 * flops / seconds / sheet:.1f}%' if sheet else '-'
     lines.append(f'| {name} | {1000 * seconds:.0f} | {shape.tokens / seconds:.0f} | '
-                 f'{100 * flops / seconds / peak:.1f}% | {each} |')
+                 f'{100 * flops / seconds / peak:.1f}% | {vs_sheet} | {each} |')
   if torch_threads:
     torch_s = medians(runs)[f'torch, {torch_threads} threads']
     lines += [''] + [f'{name} / torch tokens/s: {torch_s / seconds:.2f}x'
                      for name, seconds in medians(runs).items() if name.startswith('jax')]
   return '\n'.join(lines)
-
-
-def bench_model(config: Any, vocab_size: int, steps: int, repeats: int) -> str:
-  """Markdown table of the whole multimodal model's train step for `config` on random batches: examples/s."""
-  batch_size = config.train.batch_size
-  runs = alternate({'model': model_stepper(config, vocab_size, batch_size)}, steps, repeats)
-  seconds = medians(runs)['model']
-  return '\n'.join([
-      f'{jax.devices()[0].device_kind}, whole model, batch {batch_size}, sequence {config.data.seq_len}, '
-      f'vocab {vocab_size}, attention {config.model.llm.get("attention", "xla")}, {load_average()}; medians of '
-      f'{repeats} runs of {steps} step(s)', '',
-      '| ms / step | examples/s | tokens/s | runs (ms / step) |', '|---|---|---|---|',
-      f'| {1000 * seconds:.0f} | {batch_size / seconds:.1f} | {batch_size * config.data.seq_len / seconds:.0f} | '
-      f'{", ".join(f"{1000 * s:.0f}" for s in runs["model"])} |'])
