@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -118,13 +119,15 @@ def test_run_writes_rewards_history_curve_and_moves_the_policy(full_run, sft_run
   assert any(moved)
 
 
-def test_a_stopped_run_resumes_bitwise(full_run, sft_run, prepared_tiny, tmp_path):
+def test_a_run_resumed_from_its_checkpoint_repeats_the_same_steps_bitwise(full_run, sft_run, prepared_tiny, tmp_path):
   config = tiny_grpo_config(prepared_tiny, sft_run)
   workdir = str(tmp_path / 'resumed')
-  train_grpo(config, workdir, stop_at=2)
+  shutil.copytree(full_run, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))  # as if stopped after step 2's checkpoint
   assert checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3).latest_step() == 2
   train_grpo(config, workdir)
   without_timing = lambda rows: [{k: v for k, v in row.items() if not k.startswith('perf/')} for row in rows]
+  assert [row['step'] for row in history.read(workdir)] == [1, 2, 3, 4]
   assert without_timing(history.read(workdir)) == without_timing(history.read(full_run))
   for a, b in zip(jax.tree.leaves(newest_params(full_run, config)), jax.tree.leaves(newest_params(workdir, config))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -166,3 +169,12 @@ def test_bad_settings_are_refused_before_the_workdir_is_written(change, message,
   with pytest.raises(ValueError, match=message):
     train_grpo(config, workdir)
   assert not os.path.exists(workdir)
+
+
+def test_the_lora_reference_is_the_base_without_adapters():
+  from mer_jax.rl.update import without_adapter_effect
+  params = {'llm': {'q': {'kernel': jnp.ones([2, 2]), 'lora': {'a': jnp.ones([2, 1]), 'b': jnp.ones([1, 2])}}}}
+  reference = without_adapter_effect(params)
+  np.testing.assert_array_equal(reference['llm']['q']['kernel'], 1.0)
+  np.testing.assert_array_equal(reference['llm']['q']['lora']['b'], 0.0)
+  np.testing.assert_array_equal(params['llm']['q']['lora']['b'], 1.0)

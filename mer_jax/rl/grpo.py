@@ -54,7 +54,7 @@ class Stage:
     self.sampling = Sampling(float(rl.temperature), int(rl.top_k), float(rl.top_p))
     self.lora = config.model.lora.rank > 0
     self.score = update.make_score(experiment)
-    self.score_reference = update.make_score(experiment, reference=self.lora)
+    self.score_reference = update.make_score(experiment, reference=True) if self.lora else self.score
     self.update = update.make_update(experiment, rl.clip_eps, rl.kl_coef)
     # The reference is the starting point: with LoRA the base without adapters (no copy), else the init.run params.
     self.reference = None if self.lora else experiment.init_state()['params']
