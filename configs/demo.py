@@ -6,6 +6,7 @@ Sweep: get_hyper(h) below, run by `mer-jax sweep`.
 
 import ml_collections
 
+from mer_jax.data.augment_config import default_config as augment_defaults
 from mer_jax.sweep import Hyper, Point
 
 ALL_MODALITIES = ('audio', 'video', 'text')
@@ -137,6 +138,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Applied after model.<part>.init_from. Optimizer state and step start anew.
   c.init = ml_collections.ConfigDict()
   c.init.run = ''                        # a run's workdir ('' = none)
+
+  # Affective data augmentation, all off: noise/gain/speed/SpecAugment, blur/crop/flip/jitter/dropped frames,
+  # word dropout/ASR errors, modality dropout, prompt variety (keys and meaning: mer_jax/data/augment_config.py).
+  c.augment = augment_defaults()
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 300 if not tiny else 6

@@ -1,5 +1,5 @@
 """Command-line entry: mer-jax {synth,prepare,show,train,evaluate,predict,bench,describe,sweep,convert,export,seeds,
-pseudo-label}."""
+corrupt,pseudo-label}."""
 
 import json
 import os
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
   from mer_jax.eval.wheel import Wheels
 
 COMMANDS = ('synth', 'prepare', 'show', 'train', 'evaluate', 'bench', 'describe', 'predict', 'sweep', 'convert', 'export',
-            'seeds', 'pseudo-label')
+            'seeds', 'corrupt', 'pseudo-label')
 POSITIONAL_COMMANDS = ('predict', 'seeds')  # commands that take file or directory arguments
 # Commands that run as one job over all the processes of a launch (unless they only --print); the others
 # refuse a launch of several.
@@ -84,6 +84,12 @@ flags.DEFINE_float('threshold', 0.9, 'Keep a clip whose top label probability is
 flags.DEFINE_integer('per_class', None, 'Keep at most this many clips per label, most confident first (pseudo-label).')
 flags.DEFINE_string('agree', None, 'A second run that must give the same label (pseudo-label).')
 flags.DEFINE_bool('hide_labels', False, 'Label a split that has labels as if it had none (pseudo-label).')
+flags.DEFINE_enum('drop', None, ['audio', 'video', 'text'], 'Evaluate with this modality missing from every clip '
+                  '(evaluate; reports in eval/[<data name>/]drop-<modality>/, which seeds reads with the same flag).')
+flags.DEFINE_enum('protocol', 'mer-noise', ['mer-noise'], 'Corruption protocol (corrupt).')
+flags.DEFINE_string('snr', '5,10', 'Audio SNRs in dB, one drawn per clip (corrupt).')
+flags.DEFINE_string('blur', '1,2,4', 'Video downscaling factors, one drawn per clip (corrupt).')
+flags.DEFINE_string('noise', None, 'A folder of noise audio files (corrupt; default: generated coloured noise).')
 flags.DEFINE_bool('print', False, 'Print one `mer-jax train` command per point instead of running them (sweep).')
 
 
@@ -140,15 +146,16 @@ def run_prepare() -> None:
 
 
 def run_seeds(workdirs: list[str]) -> None:
-  """mer-jax seeds RUN [RUN ...] [--split S]: mean ± std of the runs' evaluation reports."""
+  """mer-jax seeds RUN [RUN ...] [--split S] [--data DIR] [--drop M]: mean ± std of the runs' evaluation reports."""
   from mer_jax.eval import seeds
   if not workdirs:
     raise app.UsageError('usage: mer-jax seeds RUN_DIR [RUN_DIR ...] [--split test]')
   try:
-    reports = seeds.read_reports(workdirs, FLAGS.split)
+    reports = seeds.read_reports(workdirs, FLAGS.split, report_subdir(FLAGS.data))
   except FileNotFoundError as error:
     sys.exit(f'error: {error}')
-  print(seeds.format_row(os.path.basename(os.path.normpath(workdirs[0])), len(reports), seeds.summary_row(reports)))
+  name = ' '.join(filter(None, [os.path.basename(os.path.normpath(workdirs[0])), report_subdir(FLAGS.data)]))
+  print(seeds.format_row(name, len(reports), seeds.summary_row(reports)))
 
 
 def run_pseudo_label() -> None:
@@ -239,11 +246,33 @@ def run_evaluate() -> None:
     print(f'checkpoint step {step}; suite reports in {out_dir}/suite/')
     print(table)
     return
-  if FLAGS.data:
-    out_dir = os.path.join(out_dir, suite.data_name(config.data.dir))
-  report = evaluate(experiment, params, FLAGS.split, out_dir, wheels=wheels)
+  out_dir = os.path.join(out_dir, report_subdir(config.data.dir if FLAGS.data else None))
+  try:
+    report = evaluate(experiment, params, FLAGS.split, out_dir, wheels=wheels, drop=(FLAGS.drop,) if FLAGS.drop else ())
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
   print(f'checkpoint step {step}; report in {out_dir}/report_{FLAGS.split}.json')
   print(summary_table(report))
+
+
+def report_subdir(data_dir: str | None) -> str:
+  """Where under a run's eval/ the reports of --data DIR and --drop M go ('' for the run's own data, complete)."""
+  from mer_jax.eval import suite
+  parts = ([suite.data_name(os.path.abspath(data_dir))] if data_dir else []) + ([f'drop-{FLAGS.drop}'] if FLAGS.drop else [])
+  return os.path.join('', *parts)
+
+
+def run_corrupt() -> None:
+  """mer-jax corrupt --raw DIR --out DIR [--protocol mer-noise] [--snr 5,10] [--blur 1,2,4] [--noise DIR]."""
+  from mer_jax.data import corrupt
+  require('corrupt', 'raw', 'out')
+  try:
+    count = corrupt.corrupt_dataset(FLAGS.raw, FLAGS.out, snrs=FLAGS.snr, blurs=FLAGS.blur, noise_dir=FLAGS.noise,
+                                    seed=FLAGS.seed)
+  except (OSError, ValueError) as error:
+    sys.exit(f'error: {error}')
+  print(f'{count} clips corrupted ({FLAGS.protocol}: SNR {FLAGS.snr} dB, blur x{FLAGS.blur}) into '
+        f'{os.path.abspath(FLAGS.out)}')
 
 
 def run_evaluate_bundle(wheels: 'Wheels | None') -> None:
@@ -458,7 +487,7 @@ def main(argv: list[str]) -> None:
   join_job(argv[1])
   {'synth': run_synth, 'prepare': run_prepare, 'show': run_show, 'train': run_train, 'evaluate': run_evaluate, 'describe': run_describe,
    'bench': run_bench, 'predict': lambda: run_predict(argv[2:]), 'seeds': lambda: run_seeds(argv[2:]), 'sweep': run_sweep,
-   'convert': run_convert, 'export': run_export, 'pseudo-label': run_pseudo_label}[argv[1]]()
+   'convert': run_convert, 'export': run_export, 'corrupt': run_corrupt, 'pseudo-label': run_pseudo_label}[argv[1]]()
 
 
 

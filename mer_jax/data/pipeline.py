@@ -11,8 +11,9 @@ import grain
 import numpy as np
 from ml_collections import ConfigDict
 
-from mer_jax.data import chat, prepare, pseudo_labels, weighted
-from mer_jax.data.text import PromptBuilder, PromptLayout, TextTokenizer
+from mer_jax.data import augment_config, chat, prepare, pseudo_labels, weighted
+from mer_jax.data.augment import Augmenter, example_rng
+from mer_jax.data.text import QUESTIONS, PromptBuilder, PromptLayout, TextTokenizer
 
 
 def load_info(data_dir: str) -> dict:
@@ -160,30 +161,55 @@ def prompt_builder(config: Any, info: dict) -> PromptBuilder:
       seq_len=config.data.seq_len,
   )
   path = tokenizer_path(config)
+  variety = augment_config.from_config(config).prompt_variety
   return PromptBuilder(TextTokenizer(path), layout, info['labels'], chat_template(config, path),
-                       explanations=config.data.get('explanations', False))
+                       explanations=config.data.get('explanations', False),
+                       num_questions=len(QUESTIONS) if variety else 1)
 
 
 class Featurizer:
-  """Turns a serialized record into the model's fixed-shape example (see text.PromptBuilder)."""
+  """Turns a serialized record into the model's fixed-shape example (see text.PromptBuilder).
 
-  def __init__(self, builder: PromptBuilder, modalities: tuple[str, ...]):
+  With an `augmenter`, a generator passed with each record draws its augmentations; `drop` names
+  modalities every example lacks (evaluation with a modality removed).
+  """
+
+  def __init__(self, builder: PromptBuilder, modalities: tuple[str, ...], augmenter: Augmenter | None = None,
+               drop: tuple[str, ...] = ()):
     self.builder = builder
     self.modalities = modalities
+    self.augmenter = augmenter
+    self.drop = drop
     self.label_ids = {label: i for i, label in enumerate(builder.labels)}
 
-  def __call__(self, prepared: dict) -> dict[str, np.ndarray]:
+  def __call__(self, prepared: dict, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     record = text_fields(prepared)
     label_id = self.label_ids.get(record['label'], -1)
     answer = self.builder.answer_ids(record['label'], record['reason'])
-    example = self.builder.build(record['sentence'], answer)
+    audio = prepared['audio'] if 'audio' in self.modalities else None
+    frames = prepared['frames'] if 'video' in self.modalities else None
+    sentence, missing, question = record['sentence'], self.drop, 0
+    if self.augmenter is not None and rng is not None:
+      out = self.augmenter(audio, frames, sentence, rng)
+      audio, frames, sentence, question = out['audio'], out['frames'], out['sentence'], out['question']
+      missing = tuple(sorted(set(missing) | set(out['missing'])))
+    example = self.builder.build(sentence, answer, missing, question)
     example['label'] = np.int32(label_id)
     example['valence'] = np.float32(record['valence'])
-    if 'audio' in self.modalities:
-      example['audio'] = prepared['audio']
-    if 'video' in self.modalities:
-      example['frames'] = prepared['frames']
+    if audio is not None:
+      example['audio'] = audio
+    if frames is not None:
+      example['frames'] = frames
     return example
+
+
+def augmenter(config: Any, info: dict, builder: PromptBuilder, babble_source: Any = None) -> Augmenter | None:
+  """The host-side augmenter config.augment asks for, or None when it asks for none."""
+  augment = augment_config.from_config(config)
+  if not augment.host_side:
+    return None
+  return Augmenter(augment, tuple(config.model.modalities), info['audio']['sample_rate'], builder.num_questions,
+                   babble_source)
 
 
 class HostRows(grain.MapDataset):
@@ -226,15 +252,31 @@ def parse_mixture(spec: str) -> list[MixtureEntry]:
   return entries
 
 
-def _training_examples(data_config: Any, info: dict, split: str, featurizer: Featurizer, seed: int) -> grain.MapDataset:
-  """A split's featurized examples, shuffled with `seed` and repeated without end; refuses unlabelled clips."""
+def _training_examples(data_config: Any, info: dict, split: str, featurizer: Featurizer, seed: int,
+                       augment_seed: tuple[int, int] | None = None) -> grain.MapDataset:
+  """A split's featurized examples, shuffled with `seed` and repeated without end; refuses unlabelled clips.
+
+  With `augment_seed` (run seed, stream), each example's augmentations are drawn by
+  augment.example_rng from it and the example's place in the stream, so a resumed run repeats them.
+  """
   source = open_split(data_config, info, split)
   for name in split_names(split):
     entry = info['splits'][name]
     if entry['labelled'] < entry['count']:
       raise ValueError(f"split {name!r} of {data_config.dir} has {entry['count'] - entry['labelled']} unlabelled "
                        f"clip(s) of {entry['count']}: train on labelled splits (label or leave out the others)")
-  return grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).map(featurizer)
+  return _endless_featurized(source, featurizer, seed, augment_seed)
+
+
+def _endless_featurized(source: Any, featurizer: Featurizer, seed: int,
+                        augment_seed: tuple[int, int] | None) -> grain.MapDataset:
+  """`source`'s records shuffled with `seed`, repeated without end and featurized (augmented per augment_seed)."""
+  examples = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+  if featurizer.augmenter is None or augment_seed is None:
+    return examples.map(featurizer)
+  if featurizer.augmenter.babble_source is None:
+    featurizer.augmenter.babble_source = source
+  return examples.map_with_index(lambda index, record: featurizer(record, example_rng(*augment_seed, index)))
 
 
 def pseudo_label_source(data_config: Any, info: dict, path: str) -> pseudo_labels.RelabelledSource:
@@ -255,18 +297,21 @@ def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0
   builder = builder or prompt_builder(config, info)
   modalities = tuple(config.model.modalities)
   seed = config.data.shuffle_seed
-  datasets = [_training_examples(config.data, info, config.data.train_split, Featurizer(builder, modalities), seed)]
+  featurizer = Featurizer(builder, modalities, augmenter(config, info, builder))
+  datasets = [_training_examples(config.data, info, config.data.train_split, featurizer, seed, (config.seed, 0))]
   weights = [1.0]
   for index, entry in enumerate(parse_mixture(config.data.get('mixture', '')), start=1):
     other_info = load_info(entry.data_dir)
     other_config = ConfigDict({'dir': entry.data_dir, 'train_split': entry.split, 'val_fraction': 0.0})
-    featurizer = Featurizer(builder.for_labels(other_info['labels']), modalities)
-    datasets.append(_training_examples(other_config, other_info, entry.split, featurizer, seed + index))
+    other_builder = builder.for_labels(other_info['labels'])
+    featurizer = Featurizer(other_builder, modalities, augmenter(config, other_info, other_builder))
+    datasets.append(_training_examples(other_config, other_info, entry.split, featurizer, seed + index,
+                                       (config.seed, index)))
     weights.append(entry.weight)
   for entry in pseudo_labels.parse_spec(config.data.get('pseudo_labels', '')):
     source = pseudo_label_source(config.data, info, entry.path)
-    featurizer = Featurizer(builder, modalities)
-    datasets.append(grain.MapDataset.source(source).shuffle(seed=seed + len(datasets)).repeat(None).map(featurizer))
+    featurizer = Featurizer(builder, modalities, augmenter(config, info, builder))
+    datasets.append(_endless_featurized(source, featurizer, seed + len(datasets), (config.seed, len(datasets))))
     weights.append(entry.weight)
   examples = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
   dataset = HostRows(examples, shard_index, shard_count, batch_size).batch(batch_size, drop_remainder=True)
@@ -274,11 +319,14 @@ def train_dataset(config: Any, info: dict, batch_size: int, shard_index: int = 0
   return dataset.to_iter_dataset(read_options)
 
 
-def eval_batches(config: Any, info: dict, split: str, batch_size: int, builder: PromptBuilder | None = None
-                 ) -> Iterator[tuple[dict[str, np.ndarray], list[dict]]]:
-  """A split in order, read once: (batch, text fields of its real examples); the last batch is padded by repetition."""
+def eval_batches(config: Any, info: dict, split: str, batch_size: int, builder: PromptBuilder | None = None,
+                 drop: tuple[str, ...] = ()) -> Iterator[tuple[dict[str, np.ndarray], list[dict]]]:
+  """A split in order, read once: (batch, text fields of its real examples); the last batch is padded by repetition.
+
+  Modalities in `drop` are missing from every example (their prompt says so, the model ignores their input).
+  """
   source = open_split(config.data, info, split)
-  featurizer = Featurizer(builder or prompt_builder(config, info), tuple(config.model.modalities))
+  featurizer = Featurizer(builder or prompt_builder(config, info), tuple(config.model.modalities), drop=drop)
   for start in range(0, len(source), batch_size):
     prepared = [source[i] for i in range(start, min(start + batch_size, len(source)))]
     examples = [featurizer(example) for example in prepared]

@@ -23,6 +23,12 @@ AUDIO_HEADER = 'Audio:'
 VIDEO_HEADER = ' Video:'
 TRANSCRIPT_HEADER = ' Transcript:'
 QUESTION = ' Question: Which emotion does the person express? Answer:'
+# Instruction templates (config.augment.prompt_variety samples one per training example); evaluation uses the first.
+QUESTIONS = (QUESTION,
+             ' Question: What emotion does this person show? Answer:',
+             ' Question: How does the person feel? Answer:',
+             ' Question: Name the emotion of the speaker. Answer:')
+MISSING = ' missing'  # fills a missing modality's slots: 'Audio: missing'
 LABEL_END = '.'  # with explanations on, ends the answer's label and precedes the reason
 
 
@@ -103,15 +109,17 @@ class PromptBuilder:
   """
 
   def __init__(self, tokenizer: TextTokenizer, layout: PromptLayout, labels: list[str],
-               chat_template: chat.ChatTemplate | None = None, explanations: bool = False):
+               chat_template: chat.ChatTemplate | None = None, explanations: bool = False, num_questions: int = 1):
     self.tokenizer = tokenizer
+    self.num_questions = num_questions  # the first num_questions of QUESTIONS may be asked
     self.layout = layout
     self.chat_template = chat_template
     self.explanations = explanations
     self.labels = list(labels)
     self.answers = [self.label_answer(label) for label in self.labels]
     longest = max(len(a) for a in self.answers)
-    needed = len(self.prompt_ids('')[0]) + layout.max_transcript_tokens + longest
+    prompt = max(len(self.prompt_ids('', question=q)[0]) for q in range(num_questions))
+    needed = prompt + layout.max_transcript_tokens + longest
     if needed > layout.seq_len:
       raise ValueError(
           f'data.seq_len={layout.seq_len} is too short: the prompt, {layout.max_transcript_tokens} '
@@ -119,7 +127,8 @@ class PromptBuilder:
 
   def for_labels(self, labels: list[str]) -> 'PromptBuilder':
     """The same tokenizer, layout and template with another dataset's labels."""
-    return PromptBuilder(self.tokenizer, self.layout, labels, self.chat_template, self.explanations)
+    return PromptBuilder(self.tokenizer, self.layout, labels, self.chat_template, self.explanations,
+                         self.num_questions)
 
   def label_answer(self, label: str) -> list[int]:
     """The ids naming `label` first in every answer (its scoring candidate): ' <label>' + EOS, or ' <label>.'."""
@@ -134,36 +143,43 @@ class PromptBuilder:
     reason_ids = self.tokenizer.encode(' ' + reason.strip()) if reason.strip() else []
     return self.label_answer(label) + reason_ids + [self.tokenizer.eos_id]
 
-  def prompt_ids(self, sentence: str) -> tuple[list[int], list[int]]:
+  def prompt_ids(self, sentence: str, missing: tuple[str, ...] = (), question: int = 0
+                 ) -> tuple[list[int], list[int]]:
     """Prompt ids (soft-token slots hold the pad id) and the soft-token positions, audio first.
 
     Without a chat template the prompt starts with BOS; with one, the template's text before and
-    after a user turn wraps the prompt (its BOS, if any, is part of that text).
+    after a user turn wraps the prompt (its BOS, if any, is part of that text). A modality in
+    `missing` reads 'missing' (its slots start with those tokens, the model keeps them there
+    instead of soft tokens; a missing transcript is replaced by the word). `question` picks the
+    instruction template of QUESTIONS.
     """
     tok, layout, template = self.tokenizer, self.layout, self.chat_template
     ids = tok.encode(template.prefix) if template else [tok.bos_id]
     soft_positions: list[int] = []
 
-    def reserve(header: str, count: int) -> None:
+    def reserve(header: str, count: int, absent: bool) -> None:
       ids.extend(tok.encode(header))
       soft_positions.extend(range(len(ids), len(ids) + count))
-      ids.extend([tok.pad_id] * count)
+      ids.extend(((tok.encode(MISSING) if absent else []) + [tok.pad_id] * count)[:count])
 
     if 'audio' in layout.modalities:
-      reserve(AUDIO_HEADER, layout.num_audio_tokens)
+      reserve(AUDIO_HEADER, layout.num_audio_tokens, 'audio' in missing)
     if 'video' in layout.modalities:
-      reserve(VIDEO_HEADER, layout.num_video_tokens)
+      reserve(VIDEO_HEADER, layout.num_video_tokens, 'video' in missing)
     if 'text' in layout.modalities:
       ids.extend(tok.encode(TRANSCRIPT_HEADER))
-      ids.extend(tok.encode(' ' + sentence.strip())[:layout.max_transcript_tokens])
-    ids.extend(tok.encode(QUESTION))
+      transcript = MISSING if 'text' in missing else ' ' + sentence.strip()
+      ids.extend(tok.encode(transcript)[:layout.max_transcript_tokens])
+    ids.extend(tok.encode(QUESTIONS[question]))
     if template:
       ids.extend(tok.encode(template.suffix))
     return ids, soft_positions
 
-  def build(self, sentence: str, answer: list[int]) -> dict[str, np.ndarray]:
-    """Fixed-shape arrays for one example: tokens, loss_mask, soft_positions, answer_start."""
-    prompt, soft_positions = self.prompt_ids(sentence)
+  def build(self, sentence: str, answer: list[int], missing: tuple[str, ...] = (), question: int = 0
+            ) -> dict[str, np.ndarray]:
+    """Fixed-shape arrays for one example: tokens, loss_mask, soft_positions, answer_start, and for each of
+    audio and video that the layout has, `<modality>_present` (False when in `missing`)."""
+    prompt, soft_positions = self.prompt_ids(sentence, missing, question)
     length = self.layout.seq_len
     tokens = np.full([length], self.tokenizer.pad_id, np.int32)
     loss_mask = np.zeros([length], np.float32)
@@ -177,6 +193,7 @@ class PromptBuilder:
         'loss_mask': loss_mask,
         'soft_positions': np.asarray(soft_positions, np.int32),
         'answer_start': np.int32(len(prompt)),
+        **{f'{m}_present': np.bool_(m not in missing) for m in ('audio', 'video') if m in self.layout.modalities},
     }
 
   def answer_text(self, generated: list[int]) -> str:

@@ -61,15 +61,20 @@ def answer_length(generated: list[int], eos_id: int) -> int:
   return generated.index(eos_id) if eos_id in generated else len(generated)
 
 
-def predict_split(predictor: Predictor, split: str, progress: bool = True) -> dict[str, Any]:
+def predict_split(predictor: Predictor, split: str, progress: bool = True, drop: tuple[str, ...] = ()
+                  ) -> dict[str, Any]:
   """Predictions for every example of `split`, in order, with the clip names, open-vocabulary references and
-  (for a model that explains, data.explanations) reference reasons; the split is read once."""
+  (for a model that explains, data.explanations) reference reasons; the split is read once. Modalities in
+  `drop` are removed from every example (see pipeline.eval_batches)."""
   exp = predictor.experiment
   config = exp.config
   parts: dict[str, list] = {'true': [], 'scored': [], 'generated': [], 'texts': [], 'label_texts': [],
                             'explanations': [], 'valence_true': [], 'valence_pred': [], 'names': [],
                             'reasons': [], 'opensets': [], 'answer_tokens': []}
-  batches = pipeline.eval_batches(config, exp.info, split, config.eval.batch_size, exp.builder)
+  unknown = [m for m in drop if m not in config.model.modalities]
+  if unknown:
+    raise ValueError(f'cannot drop {unknown[0]!r}: the model reads {tuple(config.model.modalities)}')
+  batches = pipeline.eval_batches(config, exp.info, split, config.eval.batch_size, exp.builder, drop)
   for batch, fields in tqdm.tqdm(batches, desc=f'evaluate {split}', disable=not progress, unit='batch'):
     valid = len(fields)
     out = predictor.predict(batch)
@@ -182,13 +187,13 @@ def build_report(predictions: dict[str, np.ndarray], labels: list[str], train_va
 
 
 def evaluate(experiment: Experiment, params: Any, split: str, out_dir: str | None = None,
-             progress: bool = True, wheels: Wheels | None = None) -> dict[str, Any]:
+             progress: bool = True, wheels: Wheels | None = None, drop: tuple[str, ...] = ()) -> dict[str, Any]:
   """Evaluates `params` on `split`; writes report.json, report.md and the confusion PNG to `out_dir`.
 
   `wheels` (eval/wheel.py) scores the open-vocabulary answers as the MER2025 OV track does; None
-  uses the default grouping file.
+  uses the default grouping file. Modalities in `drop` are missing from every example.
   """
-  predictions = predict_split(Predictor(experiment, params), split, progress)
+  predictions = predict_split(Predictor(experiment, params), split, progress, drop)
   report = build_report(predictions, experiment.labels, experiment.train_valence_mean, split, wheels)
   if out_dir is not None and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)

@@ -18,11 +18,11 @@ COLUMNS = (
 )
 
 
-def read_reports(workdirs: list[str], split: str) -> list[dict[str, Any]]:
-  """Each run's eval/report_<split>.json; a missing one is named."""
+def read_reports(workdirs: list[str], split: str, subdir: str = '') -> list[dict[str, Any]]:
+  """Each run's eval/[subdir/]report_<split>.json; a missing one is named."""
   reports = []
   for workdir in workdirs:
-    path = os.path.join(os.path.abspath(workdir), 'eval', f'report_{split}.json')
+    path = os.path.join(os.path.abspath(workdir), 'eval', subdir, f'report_{split}.json')
     if not os.path.exists(path):
       raise FileNotFoundError(f'{path} not found: run `mer-jax evaluate --workdir {workdir} --split {split}` first')
     with open(path) as f:

@@ -67,12 +67,37 @@ def log_mel(audio: jax.Array, *, sample_rate: int = 16000, n_fft: int = 400, hop
   return (logs + 4.0) / 4.0
 
 
+def mask_bands(features: jax.Array, key: jax.Array, count: int, width: int, axis: int) -> jax.Array:
+  """Sets `count` bands of random width in [0, width] along `axis` (1 time, 2 mel) of [B, F, M] to 0, per example."""
+  size = features.shape[axis]
+  positions = jnp.arange(size)
+  keep = jnp.ones((features.shape[0], size), bool)
+  for k in jax.random.split(key, count):
+    width_key, start_key = jax.random.split(k)
+    widths = jax.random.randint(width_key, (features.shape[0], 1), 0, min(width, size) + 1)
+    starts = jax.random.randint(start_key, (features.shape[0], 1), 0, size - widths + 1)
+    keep &= (positions[None] < starts) | (positions[None] >= starts + widths)
+  keep = keep[:, :, None] if axis == 1 else keep[:, None, :]
+  return jnp.where(keep, features, 0.0)
+
+
+def spec_augment(features: jax.Array, key: jax.Array, time_masks: int, time_width: int, freq_masks: int,
+                 freq_width: int) -> jax.Array:
+  """SpecAugment of a log-mel [B, F, M]: time and frequency bands masked to 0 (the normalised log-mel's mid level)."""
+  time_key, freq_key = jax.random.split(key)
+  if time_masks:
+    features = mask_bands(features, time_key, time_masks, time_width, 1)
+  if freq_masks:
+    features = mask_bands(features, freq_key, freq_masks, freq_width, 2)
+  return features
+
+
 class AudioEncoder(nnx.Module):
   """Whisper-shaped encoder; `cfg` is config.model.audio. Call: int16 [B, T] -> tokens [B, T', width]."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, dtype: str = 'float32',
                param_dtype: str = 'float32', dropout: float = 0.0, remat: str = 'none',
-               rngs: nnx.Rngs):
+               spec_augment: tuple[int, int, int, int] | None = None, rngs: nnx.Rngs):
     dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
     common = dict(dtype=dtype, param_dtype=param_dtype)
     conv_names = ('conv_width', 'conv_in', 'audio_embed')
@@ -97,6 +122,7 @@ class AudioEncoder(nnx.Module):
     self.max_frames = cfg.max_frames
     self.num_soft_tokens = cfg.num_soft_tokens
     self.dtype = dtype
+    self.spec_augment = spec_augment  # (time masks, time width, freq masks, freq width), applied in training
 
   def log_mel(self, audio: jax.Array) -> jax.Array:
     """int16 audio [B, T] -> log-mel float32 [B, T // hop_length, n_mels]."""
@@ -104,8 +130,14 @@ class AudioEncoder(nnx.Module):
                    hop_length=self.hop_length, n_mels=self.n_mels)
 
   def __call__(self, audio: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """Encodes int16 audio [B, T] -> tokens [B, ceil(T // hop_length / 2), width]."""
-    return self.encode(self.log_mel(audio), rngs=rngs)
+    """Encodes int16 audio [B, T] -> tokens [B, ceil(T // hop_length / 2), width].
+
+    In training (rngs given) with spec_augment set, the log-mel is masked first (see spec_augment).
+    """
+    features = self.log_mel(audio)
+    if rngs is not None and self.spec_augment is not None:
+      features = spec_augment(features, rngs.dropout(), *self.spec_augment)
+    return self.encode(features, rngs=rngs)
 
   def encode(self, features: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Encodes log-mel [B, F, n_mels] -> tokens [B, ceil(F / 2), width].

@@ -37,7 +37,8 @@ class ValenceHead(nnx.Module):
 class MERModel(nnx.Module):
   """Encoders for the enabled modalities, fusion, the LLM and a valence head; `cfg` is config.model."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int, *,
+               spec_augment: tuple[int, int, int, int] | None = None, rngs: nnx.Rngs):
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     common = dict(dtype=dtype, param_dtype=param_dtype)
     stack = dict(dropout=cfg.dropout, remat=cfg.remat, **common)
@@ -46,7 +47,8 @@ class MERModel(nnx.Module):
       """`stack` with the part's own parameter dtype (config.model.<name>.param_dtype), if it sets one."""
       return {**stack, 'param_dtype': jnp.dtype(cfg[name].get('param_dtype') or param_dtype)}
 
-    self.audio = AudioEncoder(cfg.audio, **part('audio'), rngs=rngs) if 'audio' in cfg.modalities else None
+    self.audio = (AudioEncoder(cfg.audio, **part('audio'), spec_augment=spec_augment, rngs=rngs)
+                  if 'audio' in cfg.modalities else None)
     self.vision = VisionEncoder(cfg.vision, **part('vision'), rngs=rngs) if 'video' in cfg.modalities else None
     widths, num_soft = {}, 0
     if self.audio is not None:
@@ -65,21 +67,39 @@ class MERModel(nnx.Module):
                             num_heads=cfg.fusion.qformer_heads, num_layers=cfg.fusion.qformer_layers,
                             **stack, rngs=rngs)
     self.num_soft_tokens = num_soft
+    self.num_audio_slots = cfg.audio.num_soft_tokens
+    self.num_video_slots = cfg.vision.num_soft_tokens
     self.llm = LLM(cfg.llm, vocab_size, **part('llm'), lora_config=cfg.lora, lora_param_dtype=param_dtype,
                    rngs=rngs)
     self.valence_head = ValenceHead(cfg.llm.width, **common, rngs=rngs)
 
   def encode_soft_tokens(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """Encodes the batch's audio/frames into LLM-width soft tokens [B, S, width] (audio span first)."""
+    """Encodes the batch's audio/frames into LLM-width soft tokens [B, S, width] (audio span first).
+
+    A modality whose batch['<modality>_present'] is False for an example enters fusion as zeros.
+    """
     features = {}
     if self.audio is not None:
       features['audio'] = self.audio(batch['audio'], rngs=rngs)
     if self.vision is not None:
       features['video'] = self.vision(batch['frames'], rngs=rngs)
+    for modality, x in features.items():
+      if f'{modality}_present' in batch:
+        features[modality] = jnp.where(batch[f'{modality}_present'][:, None, None], x, jnp.zeros_like(x))
     if self.fusion_kind == 'projector':
       pools = {'audio': self.audio, 'video': self.vision}
       features = {m: pools[m].pool(x) for m, x in features.items()}
     return self.fusion(features, rngs=rngs)
+
+  def soft_token_presence(self, batch: dict) -> jax.Array | None:
+    """Bool [B, S]: whether each soft-token slot's modality is present; None when the batch says nothing."""
+    spans = [(m, n) for m, n, enc in (('audio', self.num_audio_slots, self.audio), ('video', self.num_video_slots,
+                                                                                   self.vision)) if enc is not None]
+    if not any(f'{m}_present' in batch for m, _ in spans):
+      return None
+    size = batch['tokens'].shape[0]
+    return jnp.concatenate([jnp.broadcast_to(batch.get(f'{m}_present', jnp.ones([size], bool))[:, None], (size, n))
+                            for m, n in spans], axis=1)
 
   def embed_inputs(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Token embeddings [B, L, width] with the soft tokens spliced in at batch['soft_positions']."""
@@ -89,7 +109,12 @@ class MERModel(nnx.Module):
       if positions.shape[1] != self.num_soft_tokens:
         raise ValueError(f'soft_positions has {positions.shape[1]} slots, the model makes '
                          f'{self.num_soft_tokens} soft tokens')
-      embeddings = splice(embeddings, self.encode_soft_tokens(batch, rngs=rngs), positions)
+      soft = self.encode_soft_tokens(batch, rngs=rngs)
+      present = self.soft_token_presence(batch)
+      if present is not None:  # a missing modality's slots keep their token embeddings ('missing')
+        rows = jnp.arange(embeddings.shape[0])[:, None]
+        soft = jnp.where(present[:, :, None], soft.astype(embeddings.dtype), embeddings[rows, positions])
+      embeddings = splice(embeddings, soft, positions)
     return layers.constrain(embeddings, layers.HIDDEN)
 
   def __call__(self, batch: dict, *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:

@@ -9,6 +9,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from mer_jax.data import augment_config
 from mer_jax.interop import weights
 from mer_jax.models import lora
 from mer_jax.models.mer import MERModel
@@ -34,7 +35,8 @@ class ModelParts:
 
 def model_factory(config: Any, vocab_size: int) -> Callable[[], MERModel]:
   """A function that builds the configured model with the config's seed."""
-  return lambda: MERModel(config.model, vocab_size, rngs=nnx.Rngs(params=config.seed))
+  spec = augment_config.from_config(config).spec_augment
+  return lambda: MERModel(config.model, vocab_size, spec_augment=spec, rngs=nnx.Rngs(params=config.seed))
 
 
 def build_model_parts(config: Any, vocab_size: int, mesh: jax.sharding.Mesh, rules: Any) -> ModelParts:
