@@ -312,12 +312,13 @@ def run_bench() -> None:
 
 def run_bench_train() -> None:
   """mer-jax bench --what train [--width ... --dtype D --attention xla,einsum] [--vs torch] | --config FILE."""
-  from mer_jax.eval import bench, bench_train
+  if FLAGS.config is not None and FLAGS.vs:
+    raise app.UsageError('bench --what train --vs torch times the LLM alone: leave out --config')
+  from mer_jax.eval import bench_train
   if FLAGS.config is not None:
-    if FLAGS.vs:
-      raise app.UsageError('bench --what train --vs torch times the LLM alone: leave out --config')
+    from mer_jax.eval import bench, bench_loop
     vocab = FLAGS.config.model.llm.vocab_size or bench.DEFAULT_VOCAB_SIZE
-    print(bench_train.bench_model(FLAGS.config, vocab, FLAGS.steps, FLAGS.repeats))
+    print(bench_loop.bench_model(FLAGS.config, vocab, FLAGS.steps, FLAGS.repeats))
     return
   dims = {name: FLAGS[name].value for name in ('width', 'layers', 'heads', 'kv_heads', 'seq', 'batch', 'vocab',
                                                'loss_chunk')}

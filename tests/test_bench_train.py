@@ -7,6 +7,7 @@ import numpy as np
 from configs import demo
 from mer_jax.eval import bench_loop, bench_train
 from mer_jax.eval.bench_torch import TorchStepper
+from tests.test_cli import mer_jax
 
 TINY = bench_train.Shape(width=64, layers=2, heads=4, kv_heads=2, seq=16, batch=2, vocab=100)
 
@@ -58,3 +59,11 @@ def test_whole_model_table():
   row = re.search(r'^\| (\d+) \| ([\d.]+) \| (\d+) \|', table, re.M)
   assert row and float(row.group(2)) > 0 and int(row.group(3)) > 0
   assert 'batch 4, sequence 32, vocab 128' in table
+
+
+def test_cli_refuses_an_unknown_attention_kind_and_torch_beside_a_config():
+  result = mer_jax('bench', '--what', 'train', '--width', '32', '--layers', '1', '--heads', '2', '--kv_heads', '1',
+                   '--seq', '8', '--batch', '1', '--vocab', '64', '--attention', 'flash,xla')
+  assert result.returncode != 0 and "unknown config.model.llm.attention 'flash'" in result.stderr
+  result = mer_jax('bench', '--what', 'train', '--config', 'configs/demo.py', '--vs', 'torch')
+  assert result.returncode != 0 and '--vs torch times the LLM alone' in result.stderr
