@@ -9,7 +9,7 @@ DEMO := runs/demo
 MODALITIES := audio video text
 SEEDS := 0 1 2
 
-.PHONY: demo test ablations explanations seeds clean-demo
+.PHONY: demo test ablations explanations seeds robustness missing clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,41 @@ ablations: $(STAMP) $(DEMO)/data/dataset_info.json
 
 explanations: $(STAMP) $(DEMO)/data/dataset_info.json
 	$(call over_seeds,explain,configs/demo.py,--config.data.explanations=True)
+
+# Augmentation experiments. The baseline is `make seeds`' runs (all-seedS: no augmentation, no dropout).
+NOISY := $(DEMO)/noisy-data
+ROBUST_AUG := --config.augment.noise_prob=0.5 --config.augment.noise_snr=0,5,10,20 --config.augment.gain_prob=0.3 \
+  --config.augment.spec_time_masks=1 --config.augment.spec_freq_masks=1 --config.augment.blur_prob=0.5 \
+  --config.augment.blur=2,4 --config.augment.flip_prob=0.5
+DROPOUT := --config.augment.drop_audio=0.2 --config.augment.drop_video=0.2 --config.augment.drop_text=0.2
+
+# $(call eval_seeds,NAME,FLAGS): evaluates $(DEMO)/NAME-seedS on the test split with FLAGS for each of SEEDS,
+# then prints the mean ± std of those reports.
+define eval_seeds
+for s in $(SEEDS); do \
+  $(BIN)/mer-jax evaluate --workdir $(DEMO)/$(1)-seed$$s --split test $(2) || exit 1; \
+done; \
+$(BIN)/mer-jax seeds $(foreach s,$(SEEDS),$(DEMO)/$(1)-seed$(s)) --split test $(2)
+endef
+
+$(DEMO)/noisy/train-label.csv: $(DEMO)/raw/train-label.csv
+	$(BIN)/mer-jax corrupt --raw $(DEMO)/raw --out $(DEMO)/noisy --protocol mer-noise --snr 5 --blur 4
+
+$(NOISY)/dataset_info.json: $(DEMO)/noisy/train-label.csv
+	$(BIN)/mer-jax prepare --format mer2023 --raw $(DEMO)/noisy --out $(NOISY)
+
+robustness: $(STAMP) $(DEMO)/data/dataset_info.json $(NOISY)/dataset_info.json
+	$(call over_seeds,all,configs/demo.py,)
+	$(call over_seeds,robust,configs/demo.py,$(ROBUST_AUG))
+	$(call eval_seeds,all,--data $(NOISY))
+	$(call eval_seeds,robust,--data $(NOISY))
+
+missing: $(STAMP) $(DEMO)/data/dataset_info.json
+	$(call over_seeds,all,configs/demo.py,)
+	$(call over_seeds,dropout,configs/demo.py,$(DROPOUT))
+	for m in $(MODALITIES); do \
+	  for r in all dropout; do $(call eval_seeds,$$r,--drop $$m) || exit 1; done; \
+	done
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
