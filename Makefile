@@ -10,7 +10,7 @@ MODALITIES := audio video text
 SEEDS := 0 1 2
 
 .PHONY: demo test ablations explanations seeds scarce clean-demo bench bench-train bench-train-large bench-model \
-  bench-data bench-eval bench-eval-before
+  bench-data bench-eval bench-eval-before robustness missing
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -103,6 +103,41 @@ bench-eval-before: $(STAMP) $(DEMO)/data/dataset_info.json
 	cd $(BENCH)/before && PYTHONPATH=. $(abspath $(BIN))/python -c "from configs import demo; \
 	  from mer_jax.eval.bench_loop import bench_eval; c = demo.get_config(); \
 	  c.data.dir = '$(abspath $(DEMO)/data)'; print(bench_eval(c, 'test', 5))" | tee ../eval_before.md
+
+# Augmentation experiments. The baseline is `make seeds`' runs (all-seedS: no augmentation, no dropout).
+NOISY := $(DEMO)/noisy-data
+ROBUST_AUG := --config.augment.noise_prob=0.5 --config.augment.noise_snr=0,5,10,20 --config.augment.gain_prob=0.3 \
+  --config.augment.spec_time_masks=1 --config.augment.spec_freq_masks=1 --config.augment.blur_prob=0.5 \
+  --config.augment.blur=2,4 --config.augment.flip_prob=0.5
+DROPOUT := --config.augment.drop_audio=0.2 --config.augment.drop_video=0.2 --config.augment.drop_text=0.2
+
+# $(call eval_seeds,NAME,FLAGS): evaluates $(DEMO)/NAME-seedS on the test split with FLAGS for each of SEEDS,
+# then prints the mean ± std of those reports.
+define eval_seeds
+for s in $(SEEDS); do \
+  $(BIN)/mer-jax evaluate --workdir $(DEMO)/$(1)-seed$$s --split test $(2) || exit 1; \
+done; \
+$(BIN)/mer-jax seeds $(foreach s,$(SEEDS),$(DEMO)/$(1)-seed$(s)) --split test $(2)
+endef
+
+$(DEMO)/noisy/train-label.csv: $(DEMO)/raw/train-label.csv
+	$(BIN)/mer-jax corrupt --raw $(DEMO)/raw --out $(DEMO)/noisy --protocol mer-noise --snr 5 --blur 4
+
+$(NOISY)/dataset_info.json: $(DEMO)/noisy/train-label.csv
+	$(BIN)/mer-jax prepare --format mer2023 --raw $(DEMO)/noisy --out $(NOISY)
+
+robustness: $(STAMP) $(DEMO)/data/dataset_info.json $(NOISY)/dataset_info.json
+	$(call over_seeds,all,configs/demo.py,)
+	$(call over_seeds,robust,configs/demo.py,$(ROBUST_AUG))
+	$(call eval_seeds,all,--data $(NOISY))
+	$(call eval_seeds,robust,--data $(NOISY))
+
+missing: $(STAMP) $(DEMO)/data/dataset_info.json
+	$(call over_seeds,all,configs/demo.py,)
+	$(call over_seeds,dropout,configs/demo.py,$(DROPOUT))
+	for m in $(MODALITIES); do \
+	  for r in all dropout; do $(call eval_seeds,$$r,--drop $$m) || exit 1; done; \
+	done
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15

@@ -246,7 +246,8 @@ def run_evaluate() -> None:
     print(f'checkpoint step {step}; suite reports in {out_dir}/suite/')
     print(table)
     return
-  out_dir = os.path.join(out_dir, report_subdir(config.data.dir if FLAGS.data else None))
+  subdir = report_subdir(config.data.dir if FLAGS.data else None)
+  out_dir = os.path.join(out_dir, subdir) if subdir else out_dir
   try:
     report = evaluate(experiment, params, FLAGS.split, out_dir, wheels=wheels, drop=(FLAGS.drop,) if FLAGS.drop else ())
   except ValueError as error:
