@@ -142,18 +142,22 @@ missing: $(STAMP) $(DEMO)/data/dataset_info.json
 # GRPO against more supervised training from the same start, per seed: 80 supervised steps (sft), then
 # (a) 40 GRPO steps (rl) or (b) 120 more supervised steps (more): both run 3,840 sequences through the model
 # (GRPO: 8 clips x 4 samples x 40 steps, each rolled out, scored by the reference and updated).
+# GRPO_RL names the GRPO runs and GRPO_FLAGS overrides their config, e.g.
+# `make grpo GRPO_RL=rllr GRPO_FLAGS=--config.train.learning_rate=1e-3`.
 GRPO_SFT := --config.data.dir=$(DEMO)/data --config.train.eval_every=0
+GRPO_RL ?= rl
+GRPO_FLAGS ?=
 grpo: $(STAMP) $(DEMO)/data/dataset_info.json
 	for s in $(SEEDS); do \
 	  $(BIN)/mer-jax train --config configs/demo.py $(GRPO_SFT) --config.seed=$$s --config.train.steps=80 \
 	    --workdir $(DEMO)/grpo-sft-seed$$s && \
 	  $(BIN)/mer-jax train --config configs/grpo.py --config.data.dir=$(DEMO)/data --config.seed=$$s \
-	    --config.init.run=$(DEMO)/grpo-sft-seed$$s --workdir $(DEMO)/grpo-rl-seed$$s && \
+	    --config.init.run=$(DEMO)/grpo-sft-seed$$s $(GRPO_FLAGS) --workdir $(DEMO)/grpo-$(GRPO_RL)-seed$$s && \
 	  $(BIN)/mer-jax train --config configs/demo.py $(GRPO_SFT) --config.seed=$$s --config.train.steps=120 \
 	    --config.init.run=$(DEMO)/grpo-sft-seed$$s --workdir $(DEMO)/grpo-more-seed$$s || exit 1; \
-	  for r in sft rl more; do $(BIN)/mer-jax evaluate --workdir $(DEMO)/grpo-$$r-seed$$s --split test || exit 1; done; \
+	  for r in sft $(GRPO_RL) more; do $(BIN)/mer-jax evaluate --workdir $(DEMO)/grpo-$$r-seed$$s --split test || exit 1; done; \
 	done; \
-	for r in sft rl more; do $(BIN)/mer-jax seeds $(foreach s,$(SEEDS),$(DEMO)/grpo-$$r-seed$(s)) --split test; done
+	for r in sft $(GRPO_RL) more; do $(BIN)/mer-jax seeds $(foreach s,$(SEEDS),$(DEMO)/grpo-$$r-seed$(s)) --split test; done
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15

@@ -178,3 +178,16 @@ def test_the_lora_reference_is_the_base_without_adapters():
   np.testing.assert_array_equal(reference['llm']['q']['kernel'], 1.0)
   np.testing.assert_array_equal(reference['llm']['q']['lora']['b'], 0.0)
   np.testing.assert_array_equal(params['llm']['q']['lora']['b'], 1.0)
+
+
+def test_evaluation_reports_the_generated_answer_length():
+  from mer_jax.eval.evaluate import answer_length, build_report
+  assert answer_length([5, 6, 2, 0], eos_id=2) == 2 and answer_length([5, 6, 7], eos_id=2) == 3
+  predictions = {'true': np.array([0, 1, -1]), 'scored': np.array([0, 1, 0]), 'generated': np.array([0, -1, 0]),
+                 'texts': np.array(['a', 'x y', 'a']), 'label_texts': np.array(['a', 'x y', 'a']),
+                 'explanations': np.array(['', '', '']), 'valence_true': np.full(3, np.nan),
+                 'valence_pred': np.zeros(3), 'names': np.array(['c0', 'c1', 'c2']),
+                 'answer_tokens': np.array([1, 5, 9])}
+  report = build_report(predictions, ['a', 'b'], 0.0, 'test')
+  assert report['generated']['answer_tokens'] == 3.0  # the labelled clips' answers: (1 + 5) / 2
+  assert report['generated']['invalid'] == 1 and report['generated']['accuracy'] == 0.5
