@@ -122,7 +122,7 @@ def test_missing_modalities_read_missing_in_the_prompt(config, info):
   record = pipeline.open_split(config.data, info, 'test')[0]
   example = featurizer(record)
   prompt = builder.tokenizer.decode(example['tokens'][:example['answer_start']].tolist())
-  assert 'Audio: missing' in prompt and 'Transcript: missing' in prompt and 'Video: missing' not in prompt
+  assert 'Audio: miss' in prompt and 'Transcript: missing' in prompt and 'Video: miss' not in prompt
   assert not example['audio_present'] and example['video_present']
   assert builder.tokenizer.decode(pipeline.Featurizer(builder, ('audio', 'video', 'text'))(record)['tokens'].tolist()
                                   ).count('missing') == 0

@@ -79,8 +79,8 @@ def test_transcripts_reach_the_prompt(run):
   builder = pipeline.prompt_builder(run['config'], info)
   clips = predict.decode_clips(run['real'], sentences, info)
   silent = predict.decode_clips(run['real'], ['', ''], info)
-  batch, valid = next(predict.build_batches(clips, builder, ('audio', 'video', 'text'), 4))
-  plain, _ = next(predict.build_batches(silent, builder, ('audio', 'video', 'text'), 4))
+  batch, valid = next(predict.build_batches(clips, builder, ('audio', 'video', 'text'), 4, info))
+  plain, _ = next(predict.build_batches(silent, builder, ('audio', 'video', 'text'), 4, info))
   assert valid == 2 and batch['tokens'].shape == (4, run['config'].data.seq_len)
   np.testing.assert_array_equal(batch['tokens'][3], batch['tokens'][1])
   assert np.all(batch['answer_start'] > plain['answer_start'])
@@ -101,3 +101,32 @@ def test_cli_json_and_exit_codes(run):
   assert broken.returncode != 0 and 'no clip could be predicted' in broken.stderr
   assert f"{run['empty']}: empty file (0 bytes)" in broken.stdout
   assert f"{run['missing']}: file not found" in broken.stdout
+
+
+def test_clips_without_audio_or_video_are_predicted_with_it_missing(run, tmp_path):
+  import av
+  import soundfile
+  info = pipeline.load_info(run['config'].data.dir)
+  audio, frames = predict.media.decode_clip(run['real'][0], frame_size=32)
+  audio_only = str(tmp_path / 'voice.wav')
+  soundfile.write(audio_only, audio, 16000)
+  video_only = str(tmp_path / 'face.mp4')
+  with av.open(video_only, 'w', format='mp4') as container:
+    stream = container.add_stream('libx264', rate=4)
+    stream.width = stream.height = 32
+    stream.pix_fmt = 'yuv420p'
+    for i, image in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+      frame.pts = i
+      container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+  results, step = predict.predict_files(run['workdir'], [audio_only, video_only], ['', ''])
+  labels = list(info['labels'])
+  assert step == 2 and all(r['label'] in labels and math.isfinite(r['valence']) for r in results)
+  clips = predict.decode_clips([audio_only, video_only], ['', ''], info)
+  assert clips[0].frames is None and clips[1].audio is None
+  builder = pipeline.prompt_builder(run['config'], info)
+  batch, _ = next(predict.build_batches(clips, builder, ('audio', 'video', 'text'), 4, info))
+  prompts = [builder.tokenizer.decode(tokens.tolist()) for tokens in batch['tokens'][:2]]
+  assert 'Video: miss' in prompts[0] and 'Audio: miss' in prompts[1]  # as much of the word as the slots hold
+  assert batch['video_present'][:2].tolist() == [False, True] and batch['audio_present'][:2].tolist() == [True, False]

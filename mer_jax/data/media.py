@@ -198,6 +198,12 @@ def _read_frames(path: str, num_frames: int, frame_size: int, start_s: float | N
   return np.stack(frames).astype(np.uint8)
 
 
+def has_audio(path: str) -> bool:
+  """Whether a media file has an audio track."""
+  with _decoding(path), av.open(path) as container:
+    return bool(container.streams.audio)
+
+
 def _check_file(path: str) -> None:
   """Refuses a missing or empty file."""
   if not os.path.exists(path):
@@ -218,7 +224,8 @@ def _decoding(path: str) -> Iterator[None]:
 def decode_clip(path: str, *, sample_rate: int = 16000, duration_s: float = 2.0, num_frames: int = 4,
                 frame_size: int = 48, audio_path: str | None = None, start_s: float | None = None,
                 end_s: float | None = None, crop: str | None = None,
-                allow_audio_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                allow_audio_only: bool = False, allow_video_only: bool = False
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
   """Audio int16 [sample_rate * duration_s] and frames uint8 [num_frames, frame_size, frame_size, 3] (or None).
 
   The audio comes from `path`, or from `audio_path` when given (then `path` needs no audio
@@ -230,7 +237,7 @@ def decode_clip(path: str, *, sample_rate: int = 16000, duration_s: float = 2.0,
   `num_frames` equal segments of the window or of the whole video; `crop` ('left' or 'right')
   keeps that half of each frame, which is then resized and centre-cropped to a square as CLIP's
   image processor does (see `resize_and_crop`). A file without a video stream gives frames=None
-  when `allow_audio_only`. Raises MediaError (naming the file and the reason) for missing, empty
+  when `allow_audio_only`; one without an audio track gives audio=None when `allow_video_only`. Raises MediaError (naming the file and the reason) for missing, empty
   or undecodable files, files without an audio track, a video stream or frames, and windows
   that are empty or past the file's end.
   """
@@ -241,11 +248,13 @@ def decode_clip(path: str, *, sample_rate: int = 16000, duration_s: float = 2.0,
       _check_file(file)
   with _decoding(audio_path or path):
     if audio_path is None:
-      audio = _read_audio(path, sample_rate, start_s, end_s)
+      audio = None if allow_video_only and not has_audio(path) else _read_audio(path, sample_rate, start_s, end_s)
     else:
       audio = _read_audio(audio_path, sample_rate, None, None)
   with _decoding(path):
     frames = _read_frames(path, num_frames, frame_size, start_s, end_s, crop, allow_audio_only)
+  if audio is None:
+    return None, frames
   num_samples = int(round(sample_rate * duration_s))
   samples = np.pad(audio[:num_samples], (0, max(0, num_samples - len(audio))))
   return samples.astype(np.int16), frames

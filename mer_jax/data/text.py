@@ -149,7 +149,7 @@ class PromptBuilder:
 
     Without a chat template the prompt starts with BOS; with one, the template's text before and
     after a user turn wraps the prompt (its BOS, if any, is part of that text). A modality in
-    `missing` reads 'missing' (its slots start with those tokens, the model keeps them there
+    `missing` reads 'missing' (its slots hold as many of the word's tokens as fit, the model keeps them there
     instead of soft tokens; a missing transcript is replaced by the word). `question` picks the
     instruction template of QUESTIONS.
     """

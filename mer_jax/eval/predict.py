@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mer_jax.data import media
+from mer_jax.data import augment_config, media
 from mer_jax.data.formats import mer2023
 from mer_jax.data.text import PromptBuilder
 from mer_jax.eval.evaluate import Predictor
@@ -19,8 +19,8 @@ class Clip:
   """A decoded clip and the transcript its prompt carries."""
 
   path: str
-  audio: np.ndarray
-  frames: np.ndarray
+  audio: np.ndarray | None  # None: the file has no audio track
+  frames: np.ndarray | None  # None: the file has no video stream
   sentence: str
 
 
@@ -42,13 +42,19 @@ def clip_sentences(paths: list[str], transcript: str | None, transcripts: dict[s
 
 
 def decode_clips(paths: list[str], sentences: list[str], info: dict) -> list[Clip | media.MediaError]:
-  """Each file decoded with the prepare options of the run's dataset info, or the MediaError it raised."""
+  """Each file decoded with the prepare options of the run's dataset info, or the MediaError it raised.
+
+  A file without an audio track or without a video stream decodes with that part None (see clip_example).
+  """
   decoded: list[Clip | media.MediaError] = []
   for path, sentence in zip(paths, sentences):
     try:
       audio, frames = media.decode_clip(path, sample_rate=info['audio']['sample_rate'],
                                         duration_s=info['duration_s'], num_frames=info['frames']['num_frames'],
-                                        frame_size=info['frames']['size'])
+                                        frame_size=info['frames']['size'], allow_audio_only=True,
+                                        allow_video_only=True)
+      if audio is None and frames is None:
+        raise media.MediaError(path, 'no audio track and no video stream')
     except media.MediaError as error:
       decoded.append(error)
       continue
@@ -56,20 +62,29 @@ def decode_clips(paths: list[str], sentences: list[str], info: dict) -> list[Cli
   return decoded
 
 
-def clip_example(clip: Clip, builder: PromptBuilder, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
-  """The model's fixed-shape example for a clip: its prompt with no answer, plus its media."""
-  example = builder.build(clip.sentence, [])
+def clip_example(clip: Clip, builder: PromptBuilder, modalities: tuple[str, ...], info: dict,
+                 text_can_miss: bool = False) -> dict[str, np.ndarray]:
+  """The model's fixed-shape example for a clip: its prompt with no answer, plus its media.
+
+  Audio or video the clip lacks is missing (zeros the model ignores; the prompt says 'missing'); so is
+  an empty transcript when `text_can_miss` (a run trained with transcript dropout).
+  """
+  absent = {'audio': clip.audio is None, 'video': clip.frames is None,
+            'text': text_can_miss and not clip.sentence.strip()}
+  example = builder.build(clip.sentence, [], tuple(m for m in modalities if absent[m]))
+  size, count = info['frames']['size'], info['frames']['num_frames']
   if 'audio' in modalities:
-    example['audio'] = clip.audio
+    samples = int(round(info['audio']['sample_rate'] * info['duration_s']))
+    example['audio'] = np.zeros([samples], np.int16) if clip.audio is None else clip.audio
   if 'video' in modalities:
-    example['frames'] = clip.frames
+    example['frames'] = np.zeros([count, size, size, 3], np.uint8) if clip.frames is None else clip.frames
   return example
 
 
-def build_batches(clips: list[Clip], builder: PromptBuilder, modalities: tuple[str, ...],
-                  batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+def build_batches(clips: list[Clip], builder: PromptBuilder, modalities: tuple[str, ...], batch_size: int,
+                  info: dict, text_can_miss: bool = False) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """The clips' examples in order as (batch, number of real examples); the last is padded by repetition."""
-  examples = [clip_example(clip, builder, modalities) for clip in clips]
+  examples = [clip_example(clip, builder, modalities, info, text_can_miss) for clip in clips]
   for start in range(0, len(examples), batch_size):
     chunk = examples[start:start + batch_size]
     valid = len(chunk)
@@ -91,7 +106,9 @@ def predict_clips(predictor: Predictor, clips: list[Clip]) -> list[dict[str, Any
   exp = predictor.experiment
   builder, labels = exp.builder, exp.labels
   results: list[dict[str, Any]] = []
-  batches = build_batches(clips, builder, tuple(exp.config.model.modalities), exp.config.eval.batch_size)
+  text_can_miss = augment_config.from_config(exp.config).drop['text'] > 0
+  batches = build_batches(clips, builder, tuple(exp.config.model.modalities), exp.config.eval.batch_size, exp.info,
+                          text_can_miss)
   for batch, valid in batches:
     out = predictor.predict(batch)
     probs = normalised_scores(out['scores'][:valid])
