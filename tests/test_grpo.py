@@ -15,9 +15,9 @@ from mer_jax.rl import history, objective, rollout
 from mer_jax.rl.grpo import train_grpo
 from mer_jax.train import checkpoint, run
 from mer_jax.train.experiment import Experiment
-from mer_jax.train.trainer import train
 
-from configs import demo, grpo
+from configs import grpo
+from conftest import tiny_config
 
 
 def test_advantages_are_zero_when_a_group_agrees_and_normalised_otherwise():
@@ -66,14 +66,6 @@ def test_clipped_objective_equals_a_hand_computation():
   assert float(parts['kl']) == 0.0
 
 
-def tiny_sft_config(data_dir: str):
-  config = demo.get_config('variant=tiny')
-  config.data.dir = data_dir
-  config.train.steps = 2
-  config.train.checkpoint_every = 2
-  return config
-
-
 def tiny_grpo_config(data_dir: str, sft_run: str):
   config = grpo.get_config('variant=tiny')
   config.data.dir = data_dir
@@ -82,11 +74,9 @@ def tiny_grpo_config(data_dir: str, sft_run: str):
 
 
 @pytest.fixture(scope='module')
-def sft_run(prepared_tiny, tmp_path_factory) -> str:
-  """A tiny supervised run trained 2 steps: where GRPO starts."""
-  workdir = str(tmp_path_factory.mktemp('grpo') / 'sft')
-  train(tiny_sft_config(prepared_tiny), workdir)
-  return workdir
+def sft_run(tiny_run) -> str:
+  """The shared tiny supervised run (2 steps): where GRPO starts."""
+  return tiny_run
 
 
 @pytest.fixture(scope='module')
@@ -113,7 +103,7 @@ def test_run_writes_rewards_history_curve_and_moves_the_policy(full_run, sft_run
   config = tiny_grpo_config(prepared_tiny, sft_run)
   with open(os.path.join(full_run, 'config.json')) as f:
     assert json.load(f)['rl']['group_size'] == 4
-  after, before = newest_params(full_run, config), newest_params(sft_run, tiny_sft_config(prepared_tiny))
+  after, before = newest_params(full_run, config), newest_params(sft_run, tiny_config(prepared_tiny))
   moved = [not np.array_equal(np.asarray(a), np.asarray(b))
            for a, b in zip(jax.tree.leaves(after['llm']), jax.tree.leaves(before['llm']))]
   assert any(moved)

@@ -207,11 +207,16 @@ def test_tpu_run_fails_fast_and_stops_every_worker(cluster):
   assert trainers_left(cluster['root']) == []
 
 
+def default_ctrl_c() -> None:
+  """Gives the launched script a terminal's Ctrl-C: a shell that starts with SIGINT ignored cannot trap it."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_tpu_ctrl_c_stops_every_worker(cluster):
   process = subprocess.Popen(
       ['bash', os.path.join(LAUNCH, 'tpu_pod.sh'), '--name', 'qr-0', '--zone', 'z', '--log-dir',
        str(cluster['logs']), 'stale'], env={**os.environ, **cluster['env']}, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+      stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c)
   deadline = time.monotonic() + 30
   while len(trainers_left(cluster['root'])) < 2 and time.monotonic() < deadline:
     time.sleep(0.2)
