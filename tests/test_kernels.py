@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from mer_jax.models import kernels
+from mer_jax.models import kernels, layers
 from mer_jax.models.llm import LLM
 from mer_jax.models.mer import MERModel
 from mer_jax.train import step
@@ -29,16 +29,51 @@ def value_and_grads(fn, *args):
   return jax.value_and_grad(weighted, argnums=tuple(range(len(args))))(*args)
 
 
-@pytest.mark.parametrize('causal', [True, False])
-def test_einsum_attention_matches_xla(causal):
-  q, k, v = qkv()
+def assert_attention_matches_xla(fn, causal: bool, length: int) -> None:
+  """fn(q, k, v) gives jax.nn.dot_product_attention's values and gradients (grouped heads, `length` positions)."""
+  q, k, v = qkv(length=length)
   ref_value, ref_grads = value_and_grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal),
                                          q, k, v)
-  value, grads = value_and_grads(lambda q, k, v: kernels.attention(q, k, v, causal), q, k, v)
+  value, grads = value_and_grads(fn, q, k, v)
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
   for got, want in zip(grads, ref_grads):
     np.testing.assert_allclose(got, want, atol=2e-5)
     assert float(jnp.max(jnp.abs(want))) > 1e-2
+
+
+@pytest.mark.parametrize('causal', [True, False])
+def test_einsum_attention_matches_xla(causal):
+  assert_attention_matches_xla(lambda q, k, v: kernels.attention(q, k, v, causal), causal, length=7)
+
+
+@pytest.mark.parametrize('blocks', [2, 3, 6])
+def test_causal_block_attention_matches_xla(blocks):
+  assert_attention_matches_xla(lambda q, k, v: kernels.causal_block_attention(q, k, v, blocks), True, length=12)
+
+
+def test_einsum_kind_uses_query_blocks_for_long_causal_self_attention(monkeypatch):
+  q, k, v = qkv(length=12)
+  used = []
+  blockwise = kernels.causal_block_attention
+  monkeypatch.setattr(kernels, 'CAUSAL_BLOCK', 4)
+  monkeypatch.setattr(kernels, 'causal_block_attention', lambda *a: used.append(a[3]) or blockwise(*a))
+  got = kernels.dot_product_attention(q, k, v, 'einsum', causal=True)
+  np.testing.assert_allclose(got, jax.nn.dot_product_attention(q, k, v, is_causal=True), atol=1e-5)
+  kernels.dot_product_attention(q[:, :10], k[:, :10], v[:, :10], 'einsum', causal=True)  # 10 is no multiple of 4
+  kernels.dot_product_attention(q[:, :4], k[:, :4], v[:, :4], 'einsum', causal=True)  # a single block
+  assert used == [3]
+
+
+def test_swiglu_module_with_stacked_kernels_matches_separate_products():
+  mlp = layers.SwiGLU(16, 24, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(4), (2, 5, 16))
+  separate = lambda m, x: m.down(kernels.swiglu(m.gate(x), m.up(x)))
+  weighted = lambda fn: lambda m, x: jnp.sum(fn(m, x) * jnp.cos(jnp.arange(2 * 5 * 16).reshape(2, 5, 16)))
+  value, grads = nnx.value_and_grad(weighted(lambda m, x: m(x)), argnums=(0, 1))(mlp, x)
+  ref_value, ref_grads = nnx.value_and_grad(weighted(separate), argnums=(0, 1))(mlp, x)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_masked_einsum_attention_matches_xla():
