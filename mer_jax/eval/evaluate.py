@@ -36,24 +36,25 @@ class Predictor:
     self.answers = padded_answers(experiment.builder.answers, tokenizer.pad_id)
     graphdef = experiment.parts.graphdef
 
-    def predict(states: tuple, batch: dict, answers: jax.Array, lengths: jax.Array) -> dict[str, jax.Array]:
+    def predict(states: tuple, batch: dict, answers: jax.Array, lengths: jax.Array,
+                max_new_tokens: int) -> dict[str, jax.Array]:
       return score_and_generate(nnx.merge(graphdef, *states), batch, answers, lengths,
-                                max_new_tokens=experiment.config.eval.max_new_tokens,
-                                stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+                                max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
 
-    self.run = experiment.on_mesh(jax.jit(predict))
+    self.run = experiment.on_mesh(jax.jit(predict, static_argnums=(4,)))
 
   def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Label scores [B, C] (mean answer log-likelihood), valence [B], generated tokens [B, T]."""
     exp = self.experiment
-    out = self.run((self.params, exp.parts.rest), exp.global_batch(batch), *self.answers)
+    out = self.run((self.params, exp.parts.rest), exp.global_batch(batch), *self.answers,
+                   exp.config.eval.max_new_tokens)
     return {'scores': np.asarray(out['scores']), 'valence': np.asarray(out['valence']),
             'generated': np.asarray(out['tokens'])}
 
   def label_scores(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Label scores [B, C] (each label answer's mean log-likelihood) and valence [B]."""
-    out = self.predict(batch)
-    return out['scores'], out['valence']
+    """Label scores [B, C] (each label answer's mean log-likelihood) and valence [B], without decoding."""
+    out = self.run((self.params, self.experiment.parts.rest), self.experiment.global_batch(batch), *self.answers, 0)
+    return np.asarray(out['scores']), np.asarray(out['valence'])
 
 
 def answer_length(generated: list[int], eos_id: int) -> int:

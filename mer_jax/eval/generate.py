@@ -175,14 +175,16 @@ def score_and_generate(model: MERModel, batch: dict[str, jax.Array], answers: ja
                        *, max_new_tokens: int, stop_ids: Sequence[int], pad_id: int) -> dict[str, jax.Array]:
   """One prefill per batch, then candidate_scores and greedy decoding from it.
 
-  -> {'scores' [B, C], 'valence' [B], 'tokens' [B, N], 'num_tokens' [B]}. Call it under jit.
+  -> {'scores' [B, C], 'valence' [B], 'tokens' [B, N], 'num_tokens' [B]}; with max_new_tokens 0
+  nothing is decoded and only 'scores' and 'valence' come back. Call it under jit.
   """
   length = batch['tokens'].shape[1]
   logits, valence, cache = model.prefill(batch, length + max(max_new_tokens, answers.shape[1]))
-  scores = candidate_scores(model.llm, logits, cache, answers, answer_lengths, length)
-  tokens, count = decode_cached(model.llm, logits, cache, jax.random.key(0), Sampling(),
-                                max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id)
-  return {'scores': scores, 'valence': valence, 'tokens': tokens, 'num_tokens': count}
+  out = {'scores': candidate_scores(model.llm, logits, cache, answers, answer_lengths, length), 'valence': valence}
+  if max_new_tokens:
+    out['tokens'], out['num_tokens'] = decode_cached(model.llm, logits, cache, jax.random.key(0), Sampling(),
+                                                     max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id)
+  return out
 
 
 def jit_generate(graphdef: nnx.GraphDef, *, compiler_options: dict[str, Any] | None = None,
