@@ -1,4 +1,4 @@
-"""The einsum attention, the SwiGLU gate and the chunked loss match the reference paths in values and gradients."""
+"""The dense product, einsum attention, SwiGLU gate and chunked loss match the reference paths."""
 
 from flax import nnx
 import jax
@@ -91,6 +91,26 @@ def test_swiglu_gradients_match_autodiff():
   np.testing.assert_allclose(value, ref_value, rtol=1e-6)
   for got, want in zip(grads, ref_grads):
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize('x_shape, kernel_shape, num_in_axes', [
+  ((2, 5, 6), (6, 7), 1),        # a projection
+  ((2, 5, 6), (6, 3, 4), 1),     # to heads
+  ((2, 5, 3, 4), (3, 4, 6), 2),  # from heads
+  ((2, 5, 6), (6,), 1),          # to a scalar per position
+  ((6,), (6, 7), 1),             # no leading axes
+])
+def test_row_major_dense_matches_tensordot(x_shape, kernel_shape, num_in_axes):
+  x = jax.random.normal(jax.random.key(6), x_shape)
+  kernel = jax.random.normal(jax.random.key(7), kernel_shape)
+  ref_value, ref_grads = value_and_grads(lambda a, b: jnp.tensordot(a, b, num_in_axes), x, kernel)
+  value, grads = jax.jit(lambda a, b: value_and_grads(lambda a, b: kernels.row_major_dense(a, b, num_in_axes),
+                                                      a, b))(x, kernel)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for got, want in zip(grads, ref_grads):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(kernels.dense(x, kernel, num_in_axes), jnp.tensordot(x, kernel, num_in_axes), rtol=1e-6)
 
 
 def test_attention_choice_is_checked():

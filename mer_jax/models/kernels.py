@@ -1,14 +1,17 @@
-"""Hand-differentiated kernels: einsum attention (whole or by causal query blocks), the SwiGLU gate, the attention choice."""
+"""Hand-differentiated kernels: dense products, einsum attention (whole or by causal query blocks), the SwiGLU gate."""
 
 import functools
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 ATTENTION_KINDS = ('xla', 'einsum', 'cudnn')
 # Query positions per block of causal_block_attention, which 'einsum' uses for causal self-attention
 # over a multiple of this many positions (fastest on a 2-core CPU at sequences 512 to 1024).
 CAUSAL_BLOCK = 256
+# The name of `dense` outputs, for remat policies that keep matmul results.
+DENSE_OUTPUT = 'dense_output'
 
 
 def check_attention(kind: str) -> str:
@@ -160,3 +163,47 @@ def _swiglu_bwd(residuals: tuple[jax.Array, jax.Array], d_out: jax.Array) -> tup
 
 
 swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
+def dense(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> jax.Array:
+  """x contracted on its trailing `num_in_axes` axes with the leading axes of kernel (jnp.tensordot).
+
+  On CPU the backward is `row_major_dense`'s, whose products all take row-major operands; other
+  backends lay out the gradient products themselves.
+  """
+  if jax.default_backend() == 'cpu':
+    return checkpoint_name(row_major_dense(x, kernel, num_in_axes), DENSE_OUTPUT)
+  return jnp.tensordot(x, kernel, axes=num_in_axes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def row_major_dense(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> jax.Array:
+  """jnp.tensordot(x, kernel, num_in_axes) whose gradients multiply explicitly transposed operands.
+
+  XLA:CPU's dot runs up to twice as fast when neither operand is contracted on its leading axes. The
+  input gradient multiplies by a transposed copy of the kernel, and the kernel gradient multiplies a
+  transposed copy of x; optimization barriers keep XLA from folding the copies back into the products.
+  """
+  return jnp.tensordot(x, kernel, axes=num_in_axes)
+
+
+def _row_major_dense_fwd(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> tuple[jax.Array, tuple]:
+  return row_major_dense(x, kernel, num_in_axes), (x, kernel)
+
+
+def _moved(a: jax.Array, split: int) -> jax.Array:
+  """a with its axes from `split` on moved to the front, as a materialised copy."""
+  order = (*range(split, a.ndim), *range(split))
+  return jax.lax.optimization_barrier(jnp.transpose(a, order))
+
+
+def _row_major_dense_bwd(num_in_axes: int, residuals: tuple, d_out: jax.Array) -> tuple[jax.Array, jax.Array]:
+  x, kernel = residuals
+  num_lead = x.ndim - num_in_axes
+  d_x = jnp.tensordot(d_out, _moved(kernel, num_in_axes), axes=kernel.ndim - num_in_axes)
+  d_kernel = jnp.tensordot(_moved(x, num_lead), d_out, axes=num_lead)
+  return d_x, d_kernel
+
+
+row_major_dense.defvjp(_row_major_dense_fwd, _row_major_dense_bwd)
+
