@@ -24,27 +24,52 @@ def check_attention(kind: str) -> str:
   return kind
 
 
-def _grouped(q: jax.Array, kv_heads: int) -> jax.Array:
-  """q [B, T, N, H] -> [B, T, K, N / K, H]: the query heads that share each key/value head."""
-  batch, length, heads, head_dim = q.shape
-  return q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+def _heads_major(x: jax.Array, kv_heads: int) -> jax.Array:
+  """x [B, T, N, H] -> [B, K, N / K * T, H]: per key/value head, the rows of the N / K heads that share it."""
+  batch, length, heads, head_dim = x.shape
+  grouped = x.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+  return jnp.transpose(grouped, (0, 2, 3, 1, 4)).reshape(batch, kv_heads, -1, head_dim)
 
 
-def _masked_scores(q: jax.Array, k: jax.Array, causal: bool) -> jax.Array:
-  """Scaled scores float32 [B, K, G, T, S] of grouped q [B, T, K, G, H] against k [B, S, K, H], causal-masked."""
-  scores = jnp.einsum('btkgh,bskh->bkgts', q, k, preferred_element_type=jnp.float32)
-  scores = scores * (q.shape[-1] ** -0.5)
+def _heads_minor(x: jax.Array, heads: int) -> jax.Array:
+  """The inverse of _heads_major: [B, K, N / K * T, H] -> [B, T, N, H]."""
+  batch, kv_heads, rows, head_dim = x.shape
+  group = heads // kv_heads
+  grouped = x.reshape(batch, kv_heads, group, rows // group, head_dim)
+  return jnp.transpose(grouped, (0, 3, 1, 2, 4)).reshape(batch, rows // group, heads, head_dim)
+
+
+def _masked_scores(q: jax.Array, k: jax.Array, group: int, causal: bool,
+                   mask: jax.Array | None = None) -> jax.Array:
+  """Scaled float32 scores [B, K, G * T, S] of heads-major q against k [B, K, S, H] (G query heads per key head).
+
+  causal: query t sees keys up to t + S - T (aligned to the end); mask [B, T, S]: True where visible.
+  """
+  scores = jnp.einsum('bkrh,bksh->bkrs', q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
+  batch, kv_heads, rows, source = scores.shape
+  scores = scores.reshape(batch, kv_heads, group, rows // group, source)
   if causal:
-    length, source = scores.shape[-2:]
+    length = rows // group
     visible = jnp.arange(source)[None, :] <= jnp.arange(length)[:, None] + (source - length)
     scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-  return scores
+  if mask is not None:
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  return scores.reshape(batch, kv_heads, rows, source)
 
 
-def _attention_forward(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> tuple[jax.Array, jax.Array]:
-  """(output [B, T, N, H], probabilities [B, K, G, T, S] in v's dtype) of softmax attention."""
-  probs = jax.nn.softmax(_masked_scores(_grouped(q, k.shape[2]), k, causal), axis=-1).astype(v.dtype)
-  return jnp.einsum('bkgts,bskh->btkgh', probs, v).reshape(q.shape), probs
+def _attention_forward(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool,
+                       mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+  """(output [B, T, N, H], residuals for _attention_bwd) of softmax attention.
+
+  The products run heads-major ([B, K, rows, H]), where each head's rows are contiguous: XLA:CPU
+  multiplies those up to three times faster than the [B, T, N, H] layout.
+  """
+  kv_heads = k.shape[2]
+  group = q.shape[2] // kv_heads
+  q_rows, k_rows, v_rows = _heads_major(q, kv_heads), _heads_major(k, kv_heads), _heads_major(v, kv_heads)
+  probs = jax.nn.softmax(_masked_scores(q_rows, k_rows, group, causal, mask), axis=-1).astype(v.dtype)
+  out = _heads_minor(jnp.einsum('bkrs,bksh->bkrh', probs, v_rows), q.shape[2])
+  return out, (q_rows, k_rows, v_rows, probs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -58,26 +83,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Arr
   return _attention_forward(q, k, v, causal)[0]
 
 
-def _attention_fwd(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> tuple[jax.Array, tuple]:
-  out, probs = _attention_forward(q, k, v, causal)
-  return out, (q, k, v, probs)
-
-
 def _attention_bwd(causal: bool, residuals: tuple, d_out: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   del causal  # the saved probabilities are already masked
-  q, k, v, probs = residuals
-  grouped, d_grouped = _grouped(q, k.shape[2]), _grouped(d_out, k.shape[2])
-  d_v = jnp.einsum('bkgts,btkgh->bskh', probs, d_grouped)
-  d_probs = jnp.einsum('btkgh,bskh->bkgts', d_grouped, v, preferred_element_type=jnp.float32)
+  q_rows, k_rows, v_rows, probs = residuals
+  heads, kv_heads = d_out.shape[2], k_rows.shape[1]
+  d_rows = _heads_major(d_out, kv_heads)
+  d_v = jnp.einsum('bkrs,bkrh->bksh', probs, d_rows)
+  d_probs = jnp.einsum('bkrh,bksh->bkrs', d_rows, v_rows, preferred_element_type=jnp.float32)
   p32 = probs.astype(jnp.float32)
-  d_scores = p32 * (d_probs - jnp.sum(d_probs * p32, axis=-1, keepdims=True)) * (q.shape[-1] ** -0.5)
-  d_scores = d_scores.astype(q.dtype)
-  d_q = jnp.einsum('bkgts,bskh->btkgh', d_scores, k).reshape(q.shape)
-  d_k = jnp.einsum('bkgts,btkgh->bskh', d_scores, grouped)
-  return d_q, d_k, d_v
+  d_scores = p32 * (d_probs - jnp.sum(d_probs * p32, axis=-1, keepdims=True)) * (q_rows.shape[-1] ** -0.5)
+  d_scores = d_scores.astype(q_rows.dtype)
+  d_q = jnp.einsum('bkrs,bksh->bkrh', d_scores, k_rows)
+  d_k = jnp.einsum('bkrs,bkrh->bksh', d_scores, q_rows)
+  return _heads_minor(d_q, heads), _heads_minor(d_k, kv_heads), _heads_minor(d_v, kv_heads)
 
 
-attention.defvjp(_attention_fwd, _attention_bwd)
+attention.defvjp(_attention_forward, _attention_bwd)
 
 
 def _query_blocks(length: int, blocks: int) -> list[slice]:
@@ -100,9 +121,9 @@ def _causal_block_fwd(q: jax.Array, k: jax.Array, v: jax.Array, blocks: int) -> 
   outs, residuals = [], []
   for rows in _query_blocks(q.shape[1], blocks):
     keys = slice(0, rows.stop)
-    out, probs = _attention_forward(q[:, rows], k[:, keys], v[:, keys], causal=True)
+    out, block_residuals = _attention_forward(q[:, rows], k[:, keys], v[:, keys], causal=True)
     outs.append(out)
-    residuals.append((q[:, rows], k[:, keys], v[:, keys], probs))
+    residuals.append(block_residuals)
   return jnp.concatenate(outs, axis=1), residuals
 
 
@@ -122,11 +143,7 @@ causal_block_attention.defvjp(_causal_block_fwd, _causal_block_bwd)
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """Softmax attention with a boolean mask [B, T, S] (True: visible), as einsums; for decoding (no custom backward)."""
-  grouped = _grouped(q, k.shape[2])
-  scores = _masked_scores(grouped, k, causal=False)
-  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum('bkgts,bskh->btkgh', probs, v).reshape(q.shape)
+  return _attention_forward(q, k, v, causal=False, mask=mask)[0]
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, kind: str, *, causal: bool = False,
