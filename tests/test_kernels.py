@@ -96,7 +96,7 @@ def test_swiglu_gradients_match_autodiff():
 @pytest.mark.parametrize('x_shape, kernel_shape, num_in_axes', [
   ((2, 5, 6), (6, 7), 1),        # a projection
   ((2, 5, 6), (6, 3, 4), 1),     # to heads
-  ((2, 5, 3, 4), (3, 4, 6), 2),  # from heads
+  ((2, 5, 3, 4), (3, 4, 6), 2),  # from heads (x wider than the output: no transposed copy of x)
   ((2, 5, 6), (6,), 1),          # to a scalar per position
   ((6,), (6, 7), 1),             # no leading axes
 ])

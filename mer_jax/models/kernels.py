@@ -212,9 +212,11 @@ def dense(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> jax.Array:
 def row_major_dense(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> jax.Array:
   """jnp.tensordot(x, kernel, num_in_axes) whose gradients multiply explicitly transposed operands.
 
-  XLA:CPU's dot runs up to twice as fast when neither operand is contracted on its leading axes. The
-  input gradient multiplies by a transposed copy of the kernel, and the kernel gradient multiplies a
-  transposed copy of x; optimization barriers keep XLA from folding the copies back into the products.
+  XLA:CPU's dot can run at half speed when an operand is contracted on its leading axes, as the
+  kernel gradient x^T d_out is when d_out is much wider than x (an LM head's). The input gradient
+  multiplies by a transposed copy of the kernel; the kernel gradient multiplies a transposed copy
+  of x when x is the smaller operand (otherwise the copy costs more than it saves). Optimization
+  barriers keep XLA from folding the copies back into the products.
   """
   return jnp.tensordot(x, kernel, axes=num_in_axes)
 
@@ -233,7 +235,10 @@ def _row_major_dense_bwd(num_in_axes: int, residuals: tuple, d_out: jax.Array) -
   x, kernel = residuals
   num_lead = x.ndim - num_in_axes
   d_x = jnp.tensordot(d_out, _moved(kernel, num_in_axes), axes=kernel.ndim - num_in_axes)
-  d_kernel = jnp.tensordot(_moved(x, num_lead), d_out, axes=num_lead)
+  if x.size < d_out.size:
+    d_kernel = jnp.tensordot(_moved(x, num_lead), d_out, axes=num_lead)
+  else:
+    d_kernel = jnp.tensordot(x, d_out, axes=(tuple(range(num_lead)), tuple(range(num_lead))))
   return d_x, d_kernel
 
 
