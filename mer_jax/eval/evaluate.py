@@ -43,17 +43,20 @@ class Predictor:
 
     self.run = experiment.on_mesh(jax.jit(predict, static_argnums=(4,)))
 
+  def _outputs(self, batch: dict[str, np.ndarray], max_new_tokens: int) -> dict[str, jax.Array]:
+    """score_and_generate on a host batch with these parameters."""
+    exp = self.experiment
+    return self.run((self.params, exp.parts.rest), exp.global_batch(batch), *self.answers, max_new_tokens)
+
   def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Label scores [B, C] (mean answer log-likelihood), valence [B], generated tokens [B, T]."""
-    exp = self.experiment
-    out = self.run((self.params, exp.parts.rest), exp.global_batch(batch), *self.answers,
-                   exp.config.eval.max_new_tokens)
+    out = self._outputs(batch, self.experiment.config.eval.max_new_tokens)
     return {'scores': np.asarray(out['scores']), 'valence': np.asarray(out['valence']),
             'generated': np.asarray(out['tokens'])}
 
   def label_scores(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Label scores [B, C] (each label answer's mean log-likelihood) and valence [B], without decoding."""
-    out = self.run((self.params, self.experiment.parts.rest), self.experiment.global_batch(batch), *self.answers, 0)
+    out = self._outputs(batch, 0)
     return np.asarray(out['scores']), np.asarray(out['valence'])
 
 

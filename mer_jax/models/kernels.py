@@ -243,4 +243,3 @@ def _row_major_dense_bwd(num_in_axes: int, residuals: tuple, d_out: jax.Array) -
 
 
 row_major_dense.defvjp(_row_major_dense_fwd, _row_major_dense_bwd)
-
