@@ -168,11 +168,19 @@ def trainers_left(root) -> list[str]:
   return found.stdout.split()
 
 
+def trainers_once_settled(root, count: int, seconds: float = 30) -> list[str]:
+  """trainers_left once it shows `count` processes (a starting one may briefly show its launcher too)."""
+  deadline = time.monotonic() + seconds
+  while len(trainers_left(root)) != count and time.monotonic() < deadline:
+    time.sleep(0.1)
+  return trainers_left(root)
+
+
 def test_tpu_run_stops_stale_trainers_logs_every_worker_and_echoes_worker_zero(cluster):
   stale = cluster['root'] / 'qr-1' / 'w0' / 'mer_jax' / '.venv' / 'bin' / 'mer-jax'
   subprocess.run(['bash', '-c', f'HOME={stale.parents[3]} setsid bash {stale} stale > /dev/null 2>&1 &'], check=True)
   open(LOCKFILE, 'a').close()
-  assert len(trainers_left(cluster['root'])) == 1
+  assert len(trainers_once_settled(cluster['root'], 1)) == 1
   result = launch('tpu_pod.sh', '--name', 'qr', '--zone', 'z', '--slices', '2', '--log-dir', str(cluster['logs']),
                   '--env', 'XLA_FLAGS=--a=1 --b=2', *TRAIN, "--config.data.dir=it's here", env=cluster['env'])
   assert result.returncode == 0, result.stderr
@@ -217,10 +225,7 @@ def test_tpu_ctrl_c_stops_every_worker(cluster):
       ['bash', os.path.join(LAUNCH, 'tpu_pod.sh'), '--name', 'qr-0', '--zone', 'z', '--log-dir',
        str(cluster['logs']), 'stale'], env={**os.environ, **cluster['env']}, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c)
-  deadline = time.monotonic() + 30
-  while len(trainers_left(cluster['root'])) < 2 and time.monotonic() < deadline:
-    time.sleep(0.2)
-  assert len(trainers_left(cluster['root'])) == 2
+  assert len(trainers_once_settled(cluster['root'], 2)) == 2
   process.send_signal(signal.SIGINT)
   _, stderr = process.communicate(timeout=60)
   assert process.returncode == 130, stderr
