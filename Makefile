@@ -79,10 +79,10 @@ BENCH_LLM := $(BIN)/mer-jax bench --what train --vs torch --threads 2 --repeats 
 bench: bench-train bench-train-large bench-model bench-data bench-eval
 
 bench-train: $(STAMP)
-	mkdir -p $(BENCH) && $(BENCH_LLM) --attention xla,einsum | tee $(BENCH)/train_512.md
+	mkdir -p $(BENCH) && $(BENCH_LLM) --attention xla,einsum,flash | tee $(BENCH)/train_512.md
 
 bench-train-large: $(STAMP)
-	mkdir -p $(BENCH) && $(BENCH_LLM) --attention einsum --width 1024 --layers 8 --seq 1024 | tee $(BENCH)/train_1024.md
+	mkdir -p $(BENCH) && $(BENCH_LLM) --attention einsum,flash --width 1024 --layers 8 --seq 1024 | tee $(BENCH)/train_1024.md
 
 bench-model: $(STAMP)
 	mkdir -p $(BENCH) && $(BIN)/mer-jax bench --what train --config configs/demo.py --steps 5 | tee $(BENCH)/model.md

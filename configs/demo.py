@@ -122,7 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.llm.norm_eps = 1e-5
   c.model.llm.qkv_bias = False
   c.model.llm.tie_embeddings = False
-  c.model.llm.attention = 'xla'          # 'xla' (jax.nn.dot_product_attention) | 'einsum' | 'cudnn' (GPU only)
+  c.model.llm.attention = 'xla'          # 'xla' (jax.nn.dot_product_attention) | 'einsum' | 'flash' (CPU) | 'cudnn' (GPU)
   c.model.llm.init_from = ''             # a Hugging Face LLaMA/Qwen2 dir (its architecture must match the above)
   c.model.llm.param_dtype = ''           # '' = model.param_dtype; 'bfloat16' keeps a frozen LLM at half the memory
                                          # (LoRA adapters stay in model.param_dtype)

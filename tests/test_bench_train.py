@@ -63,7 +63,7 @@ def test_whole_model_table():
 
 def test_cli_refuses_an_unknown_attention_kind_and_torch_beside_a_config():
   result = mer_jax('bench', '--what', 'train', '--width', '32', '--layers', '1', '--heads', '2', '--kv_heads', '1',
-                   '--seq', '8', '--batch', '1', '--vocab', '64', '--attention', 'flash,xla')
-  assert result.returncode != 0 and "unknown config.model.llm.attention 'flash'" in result.stderr
+                   '--seq', '8', '--batch', '1', '--vocab', '64', '--attention', 'splash,xla')
+  assert result.returncode != 0 and "unknown config.model.llm.attention 'splash'" in result.stderr
   result = mer_jax('bench', '--what', 'train', '--config', 'configs/demo.py', '--vs', 'torch')
   assert result.returncode != 0 and '--vs torch times the LLM alone' in result.stderr

@@ -114,8 +114,8 @@ def test_row_major_dense_matches_tensordot(x_shape, kernel_shape, num_in_axes):
 
 
 def test_attention_choice_is_checked():
-  with pytest.raises(ValueError, match=r"config.model.llm.attention 'flash'"):
-    kernels.check_attention('flash')
+  with pytest.raises(ValueError, match=r"config.model.llm.attention 'splash'"):
+    kernels.check_attention('splash')
   if jax.default_backend() != 'gpu':
     with pytest.raises(ValueError, match="'cudnn' needs a GPU"):
       kernels.check_attention('cudnn')
@@ -131,15 +131,15 @@ def llm_config(attention: str | None):
   return cfg
 
 
-def test_llm_with_einsum_attention_matches_xla_and_old_configs_load():
+def test_llm_with_einsum_and_flash_attention_matches_xla_and_old_configs_load():
   tokens = jax.random.randint(jax.random.key(3), (2, 9), 0, VOCAB)
   results = {}
-  for attention in (None, 'xla', 'einsum'):
+  for attention in (None, 'xla', 'einsum', 'flash'):
     model = LLM(llm_config(attention), VOCAB, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
     loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens) ** 2)
     results[attention] = jax.value_and_grad(loss)(params)
-  for attention in (None, 'einsum'):
+  for attention in (None, 'einsum', 'flash'):
     np.testing.assert_allclose(results[attention][0], results['xla'][0], rtol=1e-5)
     for got, want in zip(jax.tree.leaves(results[attention][1]), jax.tree.leaves(results['xla'][1])):
       np.testing.assert_allclose(got, want, atol=1e-5)

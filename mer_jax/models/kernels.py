@@ -1,12 +1,15 @@
 """Hand-differentiated kernels: dense products, einsum attention (whole or by causal query blocks), the SwiGLU gate."""
 
 import functools
+import math
 
 import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
-ATTENTION_KINDS = ('xla', 'einsum', 'cudnn')
+from mer_jax.models import cpu_ffi
+
+ATTENTION_KINDS = ('xla', 'einsum', 'flash', 'cudnn')
 # Query positions per block of causal_block_attention, which 'einsum' uses for causal self-attention
 # over a multiple of this many positions (fastest on a 2-core CPU at sequences 512 to 1024).
 CAUSAL_BLOCK = 256
@@ -21,6 +24,14 @@ def check_attention(kind: str) -> str:
   if kind == 'cudnn' and jax.default_backend() != 'gpu':
     raise ValueError(f"config.model.llm.attention 'cudnn' needs a GPU; this backend is {jax.default_backend()!r}: "
                      "use 'xla' or 'einsum'")
+  if kind == 'flash':
+    if jax.default_backend() != 'cpu':
+      raise ValueError(f"config.model.llm.attention 'flash' is a CPU kernel; this backend is "
+                       f"{jax.default_backend()!r}: use 'cudnn' on a GPU, else 'xla' or 'einsum'")
+    try:
+      cpu_ffi.register()
+    except (RuntimeError, OSError) as error:
+      raise ValueError(f"config.model.llm.attention 'flash' cannot be built here ({error}); use 'einsum'") from error
   return kind
 
 
@@ -163,8 +174,14 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, kind: str, *, causal: bool = False,
                           mask: jax.Array | None = None) -> jax.Array:
-  """Attention by implementation `kind` ('xla', 'einsum', 'cudnn'); mask [B, T, S] or causal, not both."""
-  if kind == 'einsum':
+  """Attention by implementation `kind` (ATTENTION_KINDS); mask [B, T, S] or causal, not both.
+
+  'flash' runs the CPU flash kernels (cpu_ffi) where they apply: one device, no mask, head dim a
+  multiple of 8. Elsewhere (a mesh of devices, decoding against a masked cache) it is 'einsum'.
+  """
+  if kind == 'flash' and mask is None and cpu_ffi.flash_supports(q, k, causal) and cpu_ffi.usable():
+    return cpu_ffi.flash_attention(q, k, v, causal)
+  if kind in ('einsum', 'flash'):
     if mask is not None:
       return masked_attention(q, k, v, mask)
     length = q.shape[1]
@@ -215,8 +232,10 @@ def row_major_dense(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> jax.Ar
   XLA:CPU's dot can run at half speed when an operand is contracted on its leading axes, as the
   kernel gradient x^T d_out is when d_out is much wider than x (an LM head's). The input gradient
   multiplies by a transposed copy of the kernel; the kernel gradient multiplies a transposed copy
-  of x when x is the smaller operand (otherwise the copy costs more than it saves). Optimization
-  barriers keep XLA from folding the copies back into the products.
+  of x when x is the smaller operand (otherwise the copy costs more than it saves). The copies are
+  cpu_ffi.transpose calls where usable (XLA's own transposes run at a fraction of memory speed),
+  else XLA transposes behind optimization barriers, which keep XLA from folding them back into
+  the products.
   """
   return jnp.tensordot(x, kernel, axes=num_in_axes)
 
@@ -226,9 +245,11 @@ def _row_major_dense_fwd(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> t
 
 
 def _moved(a: jax.Array, split: int) -> jax.Array:
-  """a with its axes from `split` on moved to the front, as a materialised copy."""
-  order = (*range(split, a.ndim), *range(split))
-  return jax.lax.optimization_barrier(jnp.transpose(a, order))
+  """a with its axes from `split` on moved to the front, as a materialised copy (cpu_ffi.transpose if usable)."""
+  lead, trail = a.shape[:split], a.shape[split:]
+  if a.dtype == jnp.float32 and cpu_ffi.usable():
+    return cpu_ffi.transpose(a.reshape(math.prod(lead), math.prod(trail))).reshape(*trail, *lead)
+  return jax.lax.optimization_barrier(jnp.transpose(a, (*range(split, a.ndim), *range(split))))
 
 
 def _row_major_dense_bwd(num_in_axes: int, residuals: tuple, d_out: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,104 @@
+"""The compiled CPU kernels: flash attention and transpose match the XLA paths; the build is cached and errors are named."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mer_jax.models import cpu_ffi, kernels
+
+
+def random_qkv(batch: int, length: int, keys: int, heads: int, kv_heads: int, head_dim: int):
+  """q [B, T, N, H], k and v [B, S, K, H], and cotangent weights shaped like the output."""
+  parts = jax.random.split(jax.random.key(length * 7 + keys), 4)
+  return (jax.random.normal(parts[0], (batch, length, heads, head_dim)),
+          jax.random.normal(parts[1], (batch, keys, kv_heads, head_dim)),
+          jax.random.normal(parts[2], (batch, keys, kv_heads, head_dim)),
+          jax.random.normal(parts[3], (batch, length, heads, head_dim)))
+
+
+def weighted_value_and_grads(attend, q, k, v, weights):
+  """sum(attend(q, k, v) * weights) and its gradients with respect to q, k and v."""
+  return jax.value_and_grad(lambda *a: jnp.sum(attend(*a).astype(jnp.float32) * weights), argnums=(0, 1, 2))(q, k, v)
+
+
+@pytest.mark.parametrize('batch, length, keys, heads, kv_heads, head_dim, causal', [
+    (2, 70, 70, 4, 2, 16, True),     # a partial second tile of 64 queries and keys, grouped heads
+    (1, 33, 50, 2, 1, 8, False),     # cross attention: more keys than queries, one key head
+    (2, 130, 130, 2, 2, 64, True),   # three tiles each way
+    (1, 40, 100, 4, 4, 24, True),    # causal with more keys than queries: aligned to the end
+])
+def test_flash_attention_matches_einsum_attention(batch, length, keys, heads, kv_heads, head_dim, causal):
+  q, k, v, weights = random_qkv(batch, length, keys, heads, kv_heads, head_dim)
+  flash = lambda q, k, v: cpu_ffi.flash_attention(q, k, v, causal)
+  reference = lambda q, k, v: kernels.attention(q, k, v, causal)
+  np.testing.assert_allclose(jax.jit(flash)(q, k, v), reference(q, k, v), atol=2e-6)
+  got, got_grads = jax.jit(lambda *a: weighted_value_and_grads(flash, *a))(q, k, v, weights)
+  want, want_grads = weighted_value_and_grads(reference, q, k, v, weights)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for name, g, w in zip('qkv', got_grads, want_grads):
+    assert g.shape == w.shape, name
+    np.testing.assert_allclose(g, w, atol=5e-6, err_msg=name)
+
+
+def test_flash_attention_takes_bfloat16_and_returns_it():
+  q, k, v, weights = random_qkv(1, 20, 20, 2, 2, 8)
+  q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
+  out, grads = weighted_value_and_grads(lambda *a: cpu_ffi.flash_attention(*a, True), q, k, v, weights)
+  want, _ = weighted_value_and_grads(lambda *a: kernels.attention(*a, True), *(a.astype(jnp.float32) for a in (q, k, v)),
+                                     weights)
+  assert [g.dtype for g in grads] == [jnp.bfloat16] * 3
+  np.testing.assert_allclose(out, want, rtol=2e-2)
+
+
+def test_flash_kind_dispatches_to_the_kernel_and_to_einsum_for_masks():
+  q, k, v, _ = random_qkv(2, 9, 9, 4, 2, 8)
+  np.testing.assert_allclose(kernels.dot_product_attention(q, k, v, 'flash', causal=True),
+                             kernels.dot_product_attention(q, k, v, 'xla', causal=True), atol=2e-6)
+  mask = jnp.arange(9)[None, None, :] < jnp.array([4, 9])[:, None, None]
+  mask = jnp.broadcast_to(mask, (2, 9, 9))
+  np.testing.assert_allclose(kernels.dot_product_attention(q, k, v, 'flash', mask=mask),
+                             kernels.dot_product_attention(q, k, v, 'xla', mask=mask), atol=2e-6)
+  assert 'mer_flash_attention_forward' in jax.jit(
+      lambda *a: kernels.dot_product_attention(*a, 'flash', causal=True)).lower(q, k, v).as_text()
+  assert not cpu_ffi.flash_supports(q[..., :6], k[..., :6], causal=False)  # head dim not a multiple of 8
+  assert not cpu_ffi.flash_supports(q, k[:, :5], causal=True)  # fewer keys than queries
+
+
+@pytest.mark.parametrize('shape', [(37, 13), (64, 8), (8, 8), (1, 9), (130, 72), (300, 1)])
+def test_transpose_matches_numpy(shape):
+  a = jax.random.normal(jax.random.key(shape[0]), shape)
+  np.testing.assert_array_equal(jax.jit(cpu_ffi.transpose)(a), np.asarray(a).T)
+
+
+def test_dense_gradients_use_the_transpose_kernel():
+  x, kernel = jnp.ones((2, 16, 8)), jnp.ones((8, 4, 6))
+  grads = jax.jit(jax.grad(lambda x, w: jnp.sum(kernels.row_major_dense(x, w, 1) ** 2), argnums=(0, 1)))
+  assert 'mer_transpose' in grads.lower(x, kernel).as_text()
+
+
+def test_library_is_built_once_per_source_into_the_cache(tmp_path, monkeypatch):
+  source = tmp_path / 'tiny.cc'
+  source.write_text('extern "C" int MerTiny() { return 7; }\n')
+  monkeypatch.setattr(cpu_ffi, 'SOURCE', source)
+  monkeypatch.setenv('MER_JAX_CACHE', str(tmp_path / 'cache'))
+  built = cpu_ffi.library_path()
+  assert built.parent == tmp_path / 'cache' and built.exists()
+  stamp = built.stat().st_mtime_ns
+  assert cpu_ffi.library_path() == built and built.stat().st_mtime_ns == stamp  # not rebuilt
+  source.write_text('extern "C" int MerTiny() { return 8; }\n')
+  assert cpu_ffi.library_path() != built
+  assert sorted(p.suffix for p in (tmp_path / 'cache').iterdir()) == ['.so', '.so']  # no scratch left behind
+
+
+def test_build_errors_name_the_source_and_the_missing_compiler(tmp_path, monkeypatch):
+  source = tmp_path / 'broken.cc'
+  source.write_text('this is not C++\n')
+  monkeypatch.setattr(cpu_ffi, 'SOURCE', source)
+  monkeypatch.setenv('MER_JAX_CACHE', str(tmp_path / 'cache'))
+  with pytest.raises(RuntimeError, match=r'compiling .*broken\.cc failed'):
+    cpu_ffi.library_path()
+  monkeypatch.delenv('CXX', raising=False)
+  monkeypatch.setenv('PATH', str(tmp_path))
+  with pytest.raises(RuntimeError, match='no C\\+\\+ compiler'):
+    cpu_ffi.library_path()
