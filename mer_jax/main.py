@@ -50,7 +50,7 @@ for _name, _default, _help in [('width', 512, 'LLM width'), ('layers', 4, 'LLM l
                                ('steps', 2, 'steps per timed run'), ('repeats', 5, 'timed runs, alternating'),
                                ('threads', 2, "torch's intra-op threads")]:
   flags.DEFINE_integer(_name, _default, f'{_help} (bench --what train without --config; steps/repeats: train/data/eval).')
-flags.DEFINE_list('attention', ['einsum'], 'Attention kinds to time side by side (bench --what train).')
+flags.DEFINE_list('attention', ['flash'], 'Attention kinds to time side by side (bench --what train).')
 flags.DEFINE_enum('vs', None, ['torch'], 'Also time transformers + torch AdamW at the same dimensions (bench --what train).')
 flags.DEFINE_string('hf', None, 'A Hugging Face checkpoint directory (convert, bench --what import).')
 flags.DEFINE_enum('component', 'llm', ['llm', 'audio', 'vision'], 'Which model part the checkpoint holds (convert).')
@@ -312,7 +312,7 @@ def run_bench() -> None:
 
 
 def run_bench_train() -> None:
-  """mer-jax bench --what train [--width ... --dtype D --attention xla,einsum] [--vs torch] | --config FILE."""
+  """mer-jax bench --what train [--width ... --dtype D --attention flash,einsum,xla] [--vs torch] | --config FILE."""
   if FLAGS.config is not None and FLAGS.vs:
     raise app.UsageError('bench --what train --vs torch times the LLM alone: leave out --config')
   from mer_jax.eval import bench_train

@@ -34,7 +34,7 @@ inline void Store(float* p, Vec x) { *reinterpret_cast<Vec*>(p) = x; }
 inline Vec Splat(float x) { return Vec{x, x, x, x, x, x, x, x}; }
 inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// exp(x) for each lane: range reduction by ln 2 and a degree-6 polynomial (about 2 ulp); 0 below -87.
+// exp(x) for each lane: range reduction by ln 2 and a degree-6 polynomial (within 3 ulp); 0 below -87.
 inline Vec Exp(Vec x) {
   const Vec low = Splat(-87.0f);
   Vec clamped = x < low ? low : x;
