@@ -102,3 +102,31 @@ def test_build_errors_name_the_source_and_the_missing_compiler(tmp_path, monkeyp
   monkeypatch.setenv('PATH', str(tmp_path))
   with pytest.raises(RuntimeError, match='no C\\+\\+ compiler'):
     cpu_ffi.library_path()
+
+
+@pytest.fixture
+def no_compiler(tmp_path, monkeypatch):
+  """A process view with no C++ compiler and an empty kernel cache; the real registration is restored after."""
+  monkeypatch.delenv('CXX', raising=False)
+  monkeypatch.setenv('PATH', str(tmp_path))
+  monkeypatch.setenv('MER_JAX_CACHE', str(tmp_path / 'cache'))
+  cpu_ffi.register.cache_clear()
+  cpu_ffi._registered.cache_clear()  # pylint: disable=protected-access
+  yield
+  cpu_ffi.register.cache_clear()
+  cpu_ffi._registered.cache_clear()  # pylint: disable=protected-access
+
+
+def test_without_a_compiler_flash_is_refused_and_dense_falls_back_to_xla(no_compiler):
+  del no_compiler
+  with pytest.raises(ValueError, match=r"attention 'flash' cannot be built here .*no C\+\+ compiler.*use 'einsum'"):
+    kernels.check_attention('flash')
+  x, kernel = jax.random.normal(jax.random.key(0), (3, 5, 8)), jax.random.normal(jax.random.key(1), (8, 6))
+  loss = lambda x, w: jnp.sum(jnp.sin(kernels.row_major_dense(x, w, 1)))
+  with pytest.warns(RuntimeWarning, match='CPU kernels unavailable, using XLA ops instead'):
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel)
+  assert 'mer_transpose' not in lowered.as_text()
+  got = lowered.compile()(x, kernel)
+  want = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.tensordot(x, w, 1))), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

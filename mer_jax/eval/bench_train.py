@@ -178,15 +178,17 @@ def bench_llm(shape: Shape, attentions: list[str], torch_threads: int | None, st
   """Markdown table of the LLM's train step per attention kind (and PyTorch's when torch_threads is set).
 
   The steppers take turns for `repeats` rounds of `steps` steps; each row gives the median step
-  time, tokens/s, MFU against this device's matmul peak in shape.dtype, and each round's time.
+  time, tokens/s, MFU against this device's matmul peak in shape.dtype (the better of a measurement
+  before and one after the runs, since a busy moment lowers it), and each round's time.
   """
+  peak_before = matmul_peak(shape.dtype)
   steppers: dict[str, Any] = {f'jax, {kind} attention': llm_stepper(dataclasses.replace(shape, attention=kind))
                               for kind in attentions}
   if torch_threads:
     from mer_jax.eval.bench_torch import TorchStepper  # pylint: disable=import-outside-toplevel  (torch is optional)
     steppers[f'torch, {torch_threads} threads'] = TorchStepper(shape, torch_threads)
   runs = alternate(steppers, steps, repeats)
-  peak = matmul_peak(shape.dtype)
+  peak = max(peak_before, matmul_peak(shape.dtype))
   flops = train_flops(shape)
   device = jax.devices()[0].device_kind
   sheet = spec_peak(device, shape.dtype)
