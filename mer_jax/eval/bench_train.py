@@ -85,7 +85,7 @@ def spec_peak(device_kind: str, dtype: str) -> float | None:
   return next((peak for name, peak in DENSE_BF16_PEAKS.items() if name in device_kind), None)
 
 
-def matmul_peak(dtype: str, size: int = 0, repeats: int = 5) -> float:
+def matmul_peak(dtype: str, size: int = 0, repeats: int = 10) -> float:
   """FLOP/s of the fastest of `repeats` jitted [size, size] @ [size, size] products in `dtype` on this device.
 
   size 0: 2048 on a CPU, 8192 on an accelerator (large enough to saturate it).
