@@ -24,6 +24,7 @@ namespace {
 
 constexpr int64_t kQueryTile = 64;
 constexpr int64_t kKeyTile = 64;
+constexpr int64_t kForwardKeyTile = 128;
 constexpr int kLanes = 8;
 
 typedef float Vec __attribute__((vector_size(32), aligned(4)));
@@ -169,6 +170,26 @@ inline int64_t VisibleKeys(const Dims& d, bool causal, int64_t query, int64_t fi
   return std::clamp<int64_t>(query + d.offset() + 1 - first, 0, tile);
 }
 
+// The largest of x[0, count).
+inline float RowMax(const float* x, int64_t count) {
+  Vec lanes = Splat(-INFINITY);
+  int64_t c = 0;
+  for (; c + kLanes <= count; c += kLanes) lanes = Load(x + c) > lanes ? Load(x + c) : lanes;
+  float best = -INFINITY;
+  for (int i = 0; i < kLanes; ++i) best = std::max(best, lanes[i]);
+  for (; c < count; ++c) best = std::max(best, x[c]);
+  return best;
+}
+
+// The sum of x[0, count) for a multiple of 8 `count`.
+inline float RowSum(const float* x, int64_t count) {
+  Vec lanes = Splat(0.0f);
+  for (int64_t c = 0; c < count; c += kLanes) lanes += Load(x + c);
+  float sum = 0.0f;
+  for (int i = 0; i < kLanes; ++i) sum += lanes[i];
+  return sum;
+}
+
 // Softmax numerators of one tile row: p[c] = exp(scale * s[c] - shift) for c < visible, 0 up to width.
 void Numerators(float* s, int64_t visible, int64_t width, float scale, float shift) {
   int64_t c = 0;
@@ -208,25 +229,21 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
     thread_local std::vector<float> q_rows, scores, acc, row_max, row_sum;
     q_rows.resize(kQueryTile * H);
     CopyRows(qp + ((b * d.queries + first) * d.heads + n) * H, q_stride, rows, H, q_rows.data());
-    scores.resize(kQueryTile * kKeyTile);
+    scores.resize(kQueryTile * kForwardKeyTile);
     acc.assign(rows * H, 0.0f);
     row_max.assign(rows, -INFINITY);
     row_sum.assign(rows, 0.0f);
-    for (int64_t key = 0; key < keys; key += kKeyTile) {
-      const int64_t tile = std::min(kKeyTile, keys - key), width = RoundUp(tile, kLanes);
+    for (int64_t key = 0; key < keys; key += kForwardKeyTile) {
+      const int64_t tile = std::min(kForwardKeyTile, keys - key), width = RoundUp(tile, kLanes);
       Gemm(rows, width, H, q_rows.data(), H, 1, k_t + key, padded_keys, scores.data(), width, false);
       for (int64_t r = 0; r < rows; ++r) {
         float* s = scores.data() + r * width;
         const int64_t visible = VisibleKeys(d, causal, first + r, key, tile);
-        float tile_max = -INFINITY;
-        for (int64_t c = 0; c < visible; ++c) tile_max = std::max(tile_max, scale * s[c]);
-        const float new_max = std::max(row_max[r], tile_max);
+        const float new_max = std::max(row_max[r], scale * RowMax(s, visible));  // scale > 0
         Numerators(s, visible, width, scale, new_max);
         if (visible == 0) continue;
         const float rescale = row_max[r] == -INFINITY ? 0.0f : ExpScalar(row_max[r] - new_max);
-        float sum = 0.0f;
-        for (int64_t c = 0; c < visible; ++c) sum += s[c];
-        row_sum[r] = row_sum[r] * rescale + sum;
+        row_sum[r] = row_sum[r] * rescale + RowSum(s, width);
         row_max[r] = new_max;
         for (int64_t h = 0; h < H; ++h) acc[r * H + h] *= rescale;
       }
