@@ -1,4 +1,4 @@
-"""The compiled CPU kernels: flash attention and transpose match the XLA paths; the build is cached and errors are named."""
+"""The compiled CPU kernels match the XLA paths (flash attention, transpose); the build is cached, its errors named."""
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +45,8 @@ def test_flash_attention_takes_bfloat16_and_returns_it():
   q, k, v, weights = random_qkv(1, 20, 20, 2, 2, 8)
   q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
   out, grads = weighted_value_and_grads(lambda *a: cpu_ffi.flash_attention(*a, True), q, k, v, weights)
-  want, _ = weighted_value_and_grads(lambda *a: kernels.attention(*a, True), *(a.astype(jnp.float32) for a in (q, k, v)),
-                                     weights)
+  q32, k32, v32 = (a.astype(jnp.float32) for a in (q, k, v))
+  want, _ = weighted_value_and_grads(lambda *a: kernels.attention(*a, True), q32, k32, v32, weights)
   assert [g.dtype for g in grads] == [jnp.bfloat16] * 3
   np.testing.assert_allclose(out, want, rtol=2e-2)
 

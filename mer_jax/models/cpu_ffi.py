@@ -140,7 +140,8 @@ def _flash_fwd(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> tuple[
 def _flash_bwd(causal: bool, residuals: tuple, d_out: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   q, k, v, out, lse = residuals
   shapes = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (q, k, v))
-  d_q, d_k, d_v = _call('mer_flash_attention_backward', shapes)(*_f32(q, k, v), out, lse, *_f32(d_out), causal=causal, scale=_scale(q))
+  call = _call('mer_flash_attention_backward', shapes)
+  d_q, d_k, d_v = call(*_f32(q, k, v), out, lse, *_f32(d_out), causal=causal, scale=_scale(q))
   return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype)
 
 

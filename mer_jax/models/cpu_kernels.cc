@@ -382,33 +382,32 @@ ffi::Error Transpose(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Result
   return ffi::Error::Success();
 }
 
+using F32Buffer = ffi::Buffer<ffi::F32>;
+
+// The binding both attention handlers start with: the thread pool, then q, k and v.
+auto BindAttentionInputs() {
+  return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32Buffer>().Arg<F32Buffer>().Arg<F32Buffer>();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MerFlashAttentionForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                              BindAttentionInputs()
+                                  .Ret<F32Buffer>()  // o
+                                  .Ret<F32Buffer>()  // log-sum-exp
                                   .Attr<bool>("causal")
                                   .Attr<float>("scale"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MerFlashAttentionBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                              BindAttentionInputs()
+                                  .Arg<F32Buffer>()  // o
+                                  .Arg<F32Buffer>()  // log-sum-exp
+                                  .Arg<F32Buffer>()  // dO
+                                  .Ret<F32Buffer>()  // dQ
+                                  .Ret<F32Buffer>()  // dK
+                                  .Ret<F32Buffer>()  // dV
                                   .Attr<bool>("causal")
                                   .Attr<float>("scale"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MerTranspose, Transpose,
-                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32Buffer>().Ret<F32Buffer>());
