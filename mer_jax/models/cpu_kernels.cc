@@ -34,6 +34,8 @@ inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
 inline void Store(float* p, Vec x) { *reinterpret_cast<Vec*>(p) = x; }
 inline Vec Splat(float x) { return Vec{x, x, x, x, x, x, x, x}; }
 inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+// A row length of at least n floats whose rows do not share L1 cache sets (strides of 2^k bytes do).
+inline int64_t SkewedStride(int64_t n) { return RoundUp(n, kLanes) + 2 * kLanes; }
 
 // exp(x) for each lane: range reduction by ln 2 and a degree-6 polynomial (within 3 ulp); 0 below -87.
 inline Vec Exp(Vec x) {
@@ -198,9 +200,10 @@ void Numerators(float* s, int64_t visible, int64_t width, float scale, float shi
   std::fill(s + visible, s + width, 0.0f);
 }
 
-// Copies `count` rows of `head_dim` floats, `stride` apart, into contiguous rows (strided rows alias in cache).
-void CopyRows(const float* rows, int64_t stride, int64_t count, int64_t head_dim, float* out) {
-  for (int64_t j = 0; j < count; ++j) std::memcpy(out + j * head_dim, rows + j * stride, head_dim * sizeof(float));
+// Copies `count` rows of `head_dim` floats, `stride` apart, into rows `out_stride` apart (SkewedStride: the
+// model's head-interleaved rows alias in cache).
+void CopyRows(const float* rows, int64_t stride, int64_t count, int64_t head_dim, float* out, int64_t out_stride) {
+  for (int64_t j = 0; j < count; ++j) std::memcpy(out + j * out_stride, rows + j * stride, head_dim * sizeof(float));
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
@@ -211,24 +214,25 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   float *op = o->typed_data(), *lp = lse->typed_data();
   const int64_t H = d.head_dim, q_stride = d.heads * H, kv_stride = d.kv_heads * H;
-  const int64_t tiles = (d.queries + kQueryTile - 1) / kQueryTile, padded_keys = RoundUp(d.keys, kLanes);
+  const int64_t tiles = (d.queries + kQueryTile - 1) / kQueryTile, padded_keys = SkewedStride(d.keys);
   // Every key head transposed ([B, K, H, padded S]) and every value head contiguous ([B, K, S, H]), once.
   std::unique_ptr<float[]> keys_t(new float[d.batch * d.kv_heads * H * padded_keys]);
-  std::unique_ptr<float[]> values(new float[d.batch * d.kv_heads * d.keys * H]);
+  const int64_t ld = SkewedStride(H);
+  std::unique_ptr<float[]> values(new float[d.batch * d.kv_heads * d.keys * ld]);
   ParallelFor(pool, d.batch * d.kv_heads, [&](int64_t item) {
     const int64_t at = (item / d.kv_heads * d.keys * d.kv_heads + item % d.kv_heads) * H;
     PackTransposed(kp + at, kv_stride, d.keys, H, padded_keys, keys_t.get() + item * H * padded_keys);
-    CopyRows(vp + at, kv_stride, d.keys, H, values.get() + item * d.keys * H);
+    CopyRows(vp + at, kv_stride, d.keys, H, values.get() + item * d.keys * ld, ld);
   });
   ParallelFor(pool, d.batch * d.heads * tiles, [&](int64_t item) {
     const int64_t b = item / (d.heads * tiles), n = item / tiles % d.heads, first = item % tiles * kQueryTile;
     const int64_t rows = std::min(kQueryTile, d.queries - first), kv_item = b * d.kv_heads + n / d.group();
     const int64_t keys = causal ? std::min(d.keys, first + rows + d.offset()) : d.keys;
     const float* k_t = keys_t.get() + kv_item * H * padded_keys;
-    const float* v_rows = values.get() + kv_item * d.keys * H;
+    const float* v_rows = values.get() + kv_item * d.keys * ld;
     thread_local std::vector<float> q_rows, scores, acc, row_max, row_sum;
     q_rows.resize(kQueryTile * H);
-    CopyRows(qp + ((b * d.queries + first) * d.heads + n) * H, q_stride, rows, H, q_rows.data());
+    CopyRows(qp + ((b * d.queries + first) * d.heads + n) * H, q_stride, rows, H, q_rows.data(), H);
     scores.resize(kQueryTile * kForwardKeyTile);
     acc.assign(rows * H, 0.0f);
     row_max.assign(rows, -INFINITY);
@@ -247,7 +251,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
         row_max[r] = new_max;
         for (int64_t h = 0; h < H; ++h) acc[r * H + h] *= rescale;
       }
-      Gemm(rows, H, tile, scores.data(), width, 1, v_rows + key * H, H, acc.data(), H, true);
+      Gemm(rows, H, tile, scores.data(), width, 1, v_rows + key * ld, ld, acc.data(), H, true);
     }
     for (int64_t r = 0; r < rows; ++r) {
       float* out = op + ((b * d.queries + first + r) * d.heads + n) * H;
@@ -269,30 +273,30 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   const float *lp = lse.typed_data(), *dop = d_o.typed_data();
   float *dqp = d_q->typed_data(), *dkp = d_k->typed_data(), *dvp = d_v->typed_data();
   const int64_t H = d.head_dim, G = d.group(), T = d.queries, S = d.keys, q_stride = d.heads * H;
-  const int64_t kv_stride = d.kv_heads * H, padded_keys = RoundUp(S, kLanes);
+  const int64_t kv_stride = d.kv_heads * H, padded_keys = SkewedStride(S), ld = SkewedStride(H);
   ParallelFor(pool, d.batch * d.kv_heads, [&](int64_t item) {
     const int64_t b = item / d.kv_heads, kvh = item % d.kv_heads;
     const int64_t kv_at = (b * S * d.kv_heads + kvh) * H;
     thread_local std::vector<float> k_rows, k_t, v_t, q_rows, d_o_rows, probs, d_probs, d_k_acc, d_v_acc, d_q_acc,
         deltas;
-    k_rows.resize(S * H);
+    k_rows.resize(S * ld);
     k_t.resize(H * padded_keys);
     v_t.resize(H * padded_keys);
-    q_rows.resize(G * T * H);
-    d_o_rows.resize(G * T * H);
+    q_rows.resize(G * T * ld);
+    d_o_rows.resize(G * T * ld);
     probs.resize(kQueryTile * kKeyTile);
     d_probs.resize(kQueryTile * kKeyTile);
     d_k_acc.resize(kKeyTile * H);
     d_v_acc.resize(kKeyTile * H);
     d_q_acc.assign(G * T * H, 0.0f);
     deltas.resize(G * T);
-    CopyRows(kp + kv_at, kv_stride, S, H, k_rows.data());
+    CopyRows(kp + kv_at, kv_stride, S, H, k_rows.data(), ld);
     PackTransposed(kp + kv_at, kv_stride, S, H, padded_keys, k_t.data());
     PackTransposed(vp + kv_at, kv_stride, S, H, padded_keys, v_t.data());
     for (int64_t g = 0; g < G; ++g) {
       const int64_t at = (b * T * d.heads + kvh * G + g) * H;
-      CopyRows(qp + at, q_stride, T, H, q_rows.data() + g * T * H);
-      CopyRows(dop + at, q_stride, T, H, d_o_rows.data() + g * T * H);
+      CopyRows(qp + at, q_stride, T, H, q_rows.data() + g * T * ld, ld);
+      CopyRows(dop + at, q_stride, T, H, d_o_rows.data() + g * T * ld, ld);
       for (int64_t t = 0; t < T; ++t) {  // rowsum(dO * O) of each query
         float sum = 0.0f;
         for (int64_t h = 0; h < H; ++h) sum += dop[at + t * q_stride + h] * op[at + t * q_stride + h];
@@ -308,13 +312,13 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
         const float* lse_row = lp + (b * d.heads + kvh * G + g) * T;
         for (int64_t first = first_query; first < T; first += kQueryTile) {
           const int64_t rows = std::min(kQueryTile, T - first);
-          const float* q_tile = q_rows.data() + (g * T + first) * H;
-          const float* d_o_tile = d_o_rows.data() + (g * T + first) * H;
-          Gemm(rows, width, H, q_tile, H, 1, k_t.data() + key, padded_keys, probs.data(), width, false);
+          const float* q_tile = q_rows.data() + (g * T + first) * ld;
+          const float* d_o_tile = d_o_rows.data() + (g * T + first) * ld;
+          Gemm(rows, width, H, q_tile, ld, 1, k_t.data() + key, padded_keys, probs.data(), width, false);
           for (int64_t r = 0; r < rows; ++r)
             Numerators(probs.data() + r * width, VisibleKeys(d, causal, first + r, key, tile), width, scale,
                        lse_row[first + r]);
-          Gemm(rows, width, H, d_o_tile, H, 1, v_t.data() + key, padded_keys, d_probs.data(), width, false);
+          Gemm(rows, width, H, d_o_tile, ld, 1, v_t.data() + key, padded_keys, d_probs.data(), width, false);
           for (int64_t r = 0; r < rows; ++r) {
             const Vec delta = Splat(deltas[g * T + first + r]);
             for (int64_t c = 0; c < width; c += kLanes) {
@@ -323,9 +327,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
             }
           }
           // dV += P^T dO, dK += dS^T Q (A read transposed), dQ += dS K.
-          Gemm(tile, H, rows, probs.data(), 1, width, d_o_tile, H, d_v_acc.data(), H, true);
-          Gemm(tile, H, rows, d_probs.data(), 1, width, q_tile, H, d_k_acc.data(), H, true);
-          Gemm(rows, H, tile, d_probs.data(), width, 1, k_rows.data() + key * H, H,
+          Gemm(tile, H, rows, probs.data(), 1, width, d_o_tile, ld, d_v_acc.data(), H, true);
+          Gemm(tile, H, rows, d_probs.data(), 1, width, q_tile, ld, d_k_acc.data(), H, true);
+          Gemm(rows, H, tile, d_probs.data(), width, 1, k_rows.data() + key * ld, ld,
                d_q_acc.data() + (g * T + first) * H, H, true);
         }
       }
