@@ -1,4 +1,5 @@
-"""The compiled CPU kernels match the XLA paths (flash attention, transpose); the build is cached, its errors named."""
+"""The compiled CPU kernels match the XLA paths (flash attention, matmul, transpose); the build is cached, its errors
+named."""
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +72,32 @@ def test_transpose_matches_numpy(shape):
   np.testing.assert_array_equal(jax.jit(cpu_ffi.transpose)(a), np.asarray(a).T)
 
 
+@pytest.mark.parametrize('rows, depth, cols', [(13, 19, 37), (130, 700, 2100), (64, 8, 16), (7, 0, 5)])
+def test_matmul_and_its_backward_match_numpy(rows, depth, cols):
+  """Partial 6 x 16 tiles, several depth and column blocks (384 and 2048), and an empty contraction."""
+  rng = np.random.default_rng(rows)
+  x, w = rng.standard_normal((rows, depth), np.float32), rng.standard_normal((depth, cols), np.float32)
+  dy = rng.standard_normal((rows, cols), np.float32)
+  x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+  np.testing.assert_allclose(jax.jit(cpu_ffi.matmul)(x, w), x64 @ w64, rtol=1e-5, atol=1e-4)
+  dx, dw = jax.jit(cpu_ffi.matmul_backward)(x, w, dy)
+  np.testing.assert_allclose(dx, dy64 @ w64.T, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dw, x64.T @ dy64, rtol=1e-5, atol=1e-4)
+
+
+def test_dense_uses_packed_products_for_float32_rows_only():
+  def hlo(x, kernel):
+    loss = lambda x, w: jnp.sum(kernels.row_major_dense(x, w, 2) ** 2)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, kernel).as_text()
+  kernel = jnp.ones((4, 2, 6))
+  many = hlo(jnp.ones((3, kernels.PACKED_MIN_ROWS // 3 + 1, 4, 2)), kernel)
+  assert 'mer_matmul(' in many and 'mer_matmul_backward(' in many
+  few = hlo(jnp.ones((3, kernels.PACKED_MIN_ROWS // 3 - 1, 4, 2)), kernel)  # decoding-sized: XLA's dot
+  assert 'mer_matmul' not in few
+  half = hlo(jnp.ones((3, 40, 4, 2), jnp.bfloat16), kernel.astype(jnp.bfloat16))
+  assert 'mer_matmul' not in half
+
+
 def test_dense_gradients_use_the_transpose_kernel():
   x, kernel = jnp.ones((2, 16, 8)), jnp.ones((8, 4, 6))
   grads = jax.jit(jax.grad(lambda x, w: jnp.sum(kernels.row_major_dense(x, w, 1) ** 2), argnums=(0, 1)))
@@ -121,11 +148,11 @@ def test_without_a_compiler_flash_is_refused_and_dense_falls_back_to_xla(no_comp
   del no_compiler
   with pytest.raises(ValueError, match=r"attention 'flash' cannot be built here .*no C\+\+ compiler.*use 'einsum'"):
     kernels.check_attention('flash')
-  x, kernel = jax.random.normal(jax.random.key(0), (3, 5, 8)), jax.random.normal(jax.random.key(1), (8, 6))
+  x, kernel = jax.random.normal(jax.random.key(0), (3, 30, 8)), jax.random.normal(jax.random.key(1), (8, 6))
   loss = lambda x, w: jnp.sum(jnp.sin(kernels.row_major_dense(x, w, 1)))
   with pytest.warns(RuntimeWarning, match='CPU kernels unavailable, using XLA ops instead'):
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel)
-  assert 'mer_transpose' not in lowered.as_text()
+  assert 'mer_transpose' not in lowered.as_text() and 'mer_matmul' not in lowered.as_text()
   got = lowered.compile()(x, kernel)
   want = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.tensordot(x, w, 1))), argnums=(0, 1))(x, kernel)
   for g, w in zip(got, want):

@@ -99,6 +99,9 @@ def test_swiglu_gradients_match_autodiff():
   ((2, 5, 3, 4), (3, 4, 6), 2),  # from heads (x wider than the output: no transposed copy of x)
   ((2, 5, 6), (6,), 1),          # to a scalar per position
   ((6,), (6, 7), 1),             # no leading axes
+  ((4, 20, 6), (6, 3, 4), 1),    # 80 rows: cpu_ffi's packed products where they run
+  ((2, 40, 3, 4), (3, 4, 6), 2),
+  ((70, 6), (6,), 1),
 ])
 def test_row_major_dense_matches_tensordot(x_shape, kernel_shape, num_in_axes):
   x = jax.random.normal(jax.random.key(6), x_shape)
@@ -110,7 +113,8 @@ def test_row_major_dense_matches_tensordot(x_shape, kernel_shape, num_in_axes):
   for got, want in zip(grads, ref_grads):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(kernels.dense(x, kernel, num_in_axes), jnp.tensordot(x, kernel, num_in_axes), rtol=1e-6)
+  np.testing.assert_allclose(kernels.dense(x, kernel, num_in_axes), jnp.tensordot(x, kernel, num_in_axes), rtol=1e-6,
+                             atol=1e-6)
 
 
 def test_attention_choice_is_checked():

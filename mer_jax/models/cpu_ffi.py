@@ -1,4 +1,4 @@
-"""XLA:CPU kernels from cpu_kernels.cc (flash attention, transpose), compiled at first use and called by JAX FFI."""
+"""XLA:CPU kernels from cpu_kernels.cc (flash attention, matmul, transpose), compiled at first use, called by JAX FFI."""
 
 from collections.abc import Callable
 import ctypes
@@ -21,7 +21,8 @@ import numpy as np
 SOURCE = Path(__file__).with_name('cpu_kernels.cc')
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
 TARGETS = {'mer_flash_attention_forward': 'MerFlashAttentionForward',
-           'mer_flash_attention_backward': 'MerFlashAttentionBackward', 'mer_transpose': 'MerTranspose'}
+           'mer_flash_attention_backward': 'MerFlashAttentionBackward', 'mer_transpose': 'MerTranspose',
+           'mer_matmul': 'MerMatmul', 'mer_matmul_backward': 'MerMatmulBackward'}
 
 
 def cache_dir() -> Path:
@@ -104,6 +105,17 @@ def _call(target: str, shapes: Any) -> Callable[..., Any]:
 def transpose(a: jax.Array) -> jax.Array:
   """The transpose [C, R] of a float32 matrix [R, C], by 8 x 8 register blocks over XLA's threads."""
   return _call('mer_transpose', jax.ShapeDtypeStruct(a.shape[::-1], a.dtype))(a)
+
+
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """The float32 product x [M, K] w [K, N] by packed 6 x 16 register tiles over XLA's threads."""
+  return _call('mer_matmul', jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), jnp.float32))(x, w)
+
+
+def matmul_backward(x: jax.Array, w: jax.Array, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The gradients (dy w^T, x^T dy) of x [M, K] w [K, N] from dy [M, N], float32; on two threads, both at once."""
+  shapes = (jax.ShapeDtypeStruct(x.shape, jnp.float32), jax.ShapeDtypeStruct(w.shape, jnp.float32))
+  return _call('mer_matmul_backward', shapes)(x, w, dy)
 
 
 def flash_supports(q: jax.Array, k: jax.Array, causal: bool) -> bool:

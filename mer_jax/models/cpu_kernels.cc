@@ -1,4 +1,5 @@
-// XLA:CPU kernels as XLA FFI handlers: float32 flash attention (forward and backward) and matrix transpose.
+// XLA:CPU kernels as XLA FFI handlers: float32 flash attention (forward and backward), matrix products (forward
+// and backward) and matrix transpose.
 //
 // Flash attention multiplies key/query tiles that stay in cache and never forms the whole probability
 // matrix. Layouts (row-major): q [B, T, N, H], k and v [B, S, K, H] with K dividing N (grouped heads), o like
@@ -386,6 +387,155 @@ ffi::Error Transpose(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Result
   return ffi::Error::Success();
 }
 
+// Matrix products C[M, N] = A B by the BLIS scheme: B packed in blocks of kGemmDepth x kGemmWidth shared by
+// all threads, A in blocks of kGemmRows rows per task, both into panels the 6 x 16 register tile reads in order.
+constexpr int64_t kTileRows = 6, kTileCols = 16;
+constexpr int64_t kGemmDepth = 384, kGemmRows = 96, kGemmWidth = 2048;
+
+// A strided matrix: element (i, j) at data[i * row + j * col].
+struct Strided {
+  const float* data;
+  int64_t row, col;
+  float at(int64_t i, int64_t j) const { return data[i * row + j * col]; }
+};
+
+// C tile [rows <= 6, cols <= 16] (+)= packed A panel [depth][6] times packed B panel [depth][16].
+void PackedTile(int64_t depth, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
+                bool accumulate, int64_t rows, int64_t cols) {
+  Vec acc[kTileRows][2];
+  for (int r = 0; r < kTileRows; ++r) {  // C's rows are fetched while the products run (a quarter faster)
+    acc[r][0] = acc[r][1] = Splat(0.0f);
+    __builtin_prefetch(c + r * ldc, 1, 3);
+    __builtin_prefetch(c + r * ldc + kTileCols - 1, 1, 3);
+  }
+  for (int64_t p = 0; p < depth; ++p) {
+    const Vec b0 = Load(b + p * kTileCols), b1 = Load(b + p * kTileCols + kLanes);
+    for (int r = 0; r < kTileRows; ++r) {
+      const Vec av = Splat(a[p * kTileRows + r]);
+      acc[r][0] += av * b0;
+      acc[r][1] += av * b1;
+    }
+  }
+  if (rows == kTileRows && cols == kTileCols) {
+    for (int r = 0; r < kTileRows; ++r)
+      for (int v = 0; v < 2; ++v) {
+        float* out = c + r * ldc + v * kLanes;
+        Store(out, accumulate ? Load(out) + acc[r][v] : acc[r][v]);
+      }
+    return;
+  }
+  alignas(32) float tile[kTileRows][kTileCols];
+  for (int r = 0; r < kTileRows; ++r)
+    for (int v = 0; v < 2; ++v) Store(tile[r] + v * kLanes, acc[r][v]);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) c[r * ldc + j] = (accumulate ? c[r * ldc + j] : 0.0f) + tile[r][j];
+}
+
+// Rows [first, first + rows) x depths [p0, p0 + depth) of A as panels [depth][6], zero-padded; read along
+// whichever of A's axes is contiguous.
+void PackRows(const Strided& a, int64_t first, int64_t rows, int64_t p0, int64_t depth, float* out) {
+  for (int64_t i = 0; i < rows; i += kTileRows, out += depth * kTileRows) {
+    const int64_t live = std::min(kTileRows, rows - i);
+    if (live < kTileRows) std::fill(out, out + depth * kTileRows, 0.0f);
+    if (a.col == 1) {
+      for (int64_t r = 0; r < live; ++r)
+        for (int64_t p = 0; p < depth; ++p) out[p * kTileRows + r] = a.at(first + i + r, p0 + p);
+    } else {
+      for (int64_t p = 0; p < depth; ++p)
+        for (int64_t r = 0; r < live; ++r) out[p * kTileRows + r] = a.at(first + i + r, p0 + p);
+    }
+  }
+}
+
+// Columns [first, first + cols) x depths [p0, p0 + depth) of B as one panel [depth][16], zero-padded.
+void PackColumns(const Strided& b, int64_t p0, int64_t depth, int64_t first, int64_t cols, float* out) {
+  if (b.col == 1 && cols == kTileCols) {
+    for (int64_t p = 0; p < depth; ++p) std::memcpy(out + p * kTileCols, b.data + (p0 + p) * b.row + first, 64);
+    return;
+  }
+  for (int64_t j = 0; j < kTileCols; ++j)
+    for (int64_t p = 0; p < depth; ++p) out[p * kTileCols + j] = j < cols ? b.at(p0 + p, first + j) : 0.0f;
+}
+
+// C[M, N] = A B. for_each(count, body) runs body(0..count-1), on `threads` threads: B's block is packed
+// once for all of them, then each task packs and multiplies its own rows of A.
+template <typename ForEach>
+void BlockedGemm(const ForEach& for_each, int64_t threads, int64_t M, int64_t N, int64_t K, const Strided& a,
+                 const Strided& b, float* c) {
+  if (M == 0 || N == 0) return;
+  const int64_t row_block = std::min(kGemmRows, RoundUp((M + threads - 1) / threads, kTileRows));
+  std::unique_ptr<float[]> b_packed(new float[kGemmDepth * RoundUp(std::min(N, kGemmWidth), kTileCols)]);
+  if (K == 0) std::fill(c, c + M * N, 0.0f);
+  for (int64_t jc = 0; jc < N; jc += kGemmWidth) {
+    const int64_t width = std::min(kGemmWidth, N - jc), panels = (width + kTileCols - 1) / kTileCols;
+    for (int64_t pc = 0; pc < K; pc += kGemmDepth) {
+      const int64_t depth = std::min(kGemmDepth, K - pc);
+      for_each(panels, [&](int64_t j) {
+        PackColumns(b, pc, depth, jc + j * kTileCols, std::min(kTileCols, width - j * kTileCols),
+                    b_packed.get() + j * depth * kTileCols);
+      });
+      for_each((M + row_block - 1) / row_block, [&](int64_t block) {
+        const int64_t first = block * row_block, rows = std::min(row_block, M - first);
+        thread_local std::vector<float> a_packed;
+        a_packed.resize(RoundUp(rows, kTileRows) * depth);
+        PackRows(a, first, rows, pc, depth, a_packed.data());
+        for (int64_t j = 0; j < panels; ++j)
+          for (int64_t i = 0; i < rows; i += kTileRows)
+            PackedTile(depth, a_packed.data() + i * depth, b_packed.get() + j * depth * kTileCols,
+                       c + (first + i) * N + jc + j * kTileCols, N, pc > 0, std::min(kTileRows, rows - i),
+                       std::min(kTileCols, width - j * kTileCols));
+      });
+    }
+  }
+}
+
+// BlockedGemm over all of the pool's threads.
+void PoolGemm(ffi::ThreadPool& pool, int64_t M, int64_t N, int64_t K, const Strided& a, const Strided& b, float* c) {
+  auto on_pool = [&pool](int64_t count, const auto& body) { ParallelFor(pool, count, body); };
+  BlockedGemm(on_pool, std::max<int64_t>(1, pool.num_threads()), M, N, K, a, b, c);
+}
+
+// BlockedGemm on the calling thread alone.
+void SerialGemm(int64_t M, int64_t N, int64_t K, const Strided& a, const Strided& b, float* c) {
+  auto in_order = [](int64_t count, const auto& body) {
+    for (int64_t i = 0; i < count; ++i) body(i);
+  };
+  BlockedGemm(in_order, 1, M, N, K, a, b, c);
+}
+
+// y[M, N] = x[M, K] w[K, N].
+ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                  ffi::ResultBuffer<ffi::F32> y) {
+  if (x.dimensions().size() != 2 || w.dimensions().size() != 2 || x.dimensions()[1] != w.dimensions()[0])
+    return ffi::Error::InvalidArgument("matmul takes matrices [M, K] and [K, N]");
+  const int64_t M = x.dimensions()[0], K = x.dimensions()[1], N = w.dimensions()[1];
+  PoolGemm(pool, M, N, K, Strided{x.typed_data(), K, 1}, Strided{w.typed_data(), N, 1}, y->typed_data());
+  return ffi::Error::Success();
+}
+
+// The gradients of y = x w from dy [M, N]: dx = dy w^T [M, K] and dw = x^T dy [K, N]. On two threads the two
+// products run at once, one per thread, with no synchronisation between them; on more threads, one after the
+// other over all of them.
+ffi::Error MatmulBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                          ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw) {
+  if (x.dimensions().size() != 2 || w.dimensions().size() != 2 || dy.dimensions().size() != 2 ||
+      x.dimensions()[1] != w.dimensions()[0] || dy.dimensions()[0] != x.dimensions()[0] ||
+      dy.dimensions()[1] != w.dimensions()[1])
+    return ffi::Error::InvalidArgument("matmul backward takes x [M, K], w [K, N] and dy [M, N]");
+  const int64_t M = x.dimensions()[0], K = x.dimensions()[1], N = w.dimensions()[1];
+  const Strided dy_rows{dy.typed_data(), N, 1}, w_t{w.typed_data(), 1, N}, x_t{x.typed_data(), 1, K};
+  if (pool.num_threads() == 2) {
+    ParallelFor(pool, 2, [&](int64_t product) {
+      if (product == 0) SerialGemm(M, K, N, dy_rows, w_t, dx->typed_data());
+      else SerialGemm(K, N, M, x_t, dy_rows, dw->typed_data());
+    });
+  } else {
+    PoolGemm(pool, M, K, N, dy_rows, w_t, dx->typed_data());
+    PoolGemm(pool, K, N, M, x_t, dy_rows, dw->typed_data());
+  }
+  return ffi::Error::Success();
+}
+
 using F32Buffer = ffi::Buffer<ffi::F32>;
 
 // The binding both attention handlers start with: the thread pool, then q, k and v.
@@ -415,3 +565,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MerFlashAttentionBackward, Backward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MerTranspose, Transpose,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32Buffer>().Ret<F32Buffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MerMatmul, Matmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32Buffer>()  // x
+                                  .Arg<F32Buffer>()  // w
+                                  .Ret<F32Buffer>());  // y
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MerMatmulBackward, MatmulBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32Buffer>()  // x
+                                  .Arg<F32Buffer>()  // w
+                                  .Arg<F32Buffer>()  // dy
+                                  .Ret<F32Buffer>()  // dx
+                                  .Ret<F32Buffer>());  // dw

@@ -13,6 +13,8 @@ ATTENTION_KINDS = ('xla', 'einsum', 'flash', 'cudnn')
 # Query positions per block of causal_block_attention, which 'einsum' uses for causal self-attention
 # over a multiple of this many positions (fastest on a 2-core CPU at sequences 512 to 1024).
 CAUSAL_BLOCK = 256
+# Rows of x from which row_major_dense multiplies float32 by cpu_ffi's packed products.
+PACKED_MIN_ROWS = 64
 # The name of `dense` outputs, for remat policies that keep matmul results.
 DENSE_OUTPUT = 'dense_output'
 
@@ -229,15 +231,33 @@ def dense(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> jax.Array:
 def row_major_dense(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> jax.Array:
   """jnp.tensordot(x, kernel, num_in_axes) whose gradients multiply explicitly transposed operands.
 
-  XLA:CPU's dot can run at half speed when an operand is contracted on its leading axes, as the
-  kernel gradient x^T d_out is when d_out is much wider than x (an LM head's). The input gradient
-  multiplies by a transposed copy of the kernel; the kernel gradient multiplies a transposed copy
-  of x when x is the smaller operand (otherwise the copy costs more than it saves). The copies are
-  cpu_ffi.transpose calls where usable (XLA's own transposes run at a fraction of memory speed),
-  else XLA transposes behind optimization barriers, which keep XLA from folding them back into
-  the products.
+  Where the CPU kernels run, float32 products of at least PACKED_MIN_ROWS rows are cpu_ffi.matmul
+  and cpu_ffi.matmul_backward (packed register tiles; on two threads the two gradient products run
+  at once, one per thread). Elsewhere XLA multiplies, and its CPU dot can run at half speed when an
+  operand is contracted on its leading axes, as the kernel gradient x^T d_out is when d_out is much
+  wider than x (an LM head's). So the input gradient multiplies by a transposed copy of the kernel,
+  and the kernel gradient by a transposed copy of x when x is the smaller operand (otherwise the
+  copy costs more than it saves). The copies are cpu_ffi.transpose calls where usable (XLA's own
+  transposes run at a fraction of memory speed), else XLA transposes behind optimization barriers,
+  which keep XLA from folding them back into the products.
   """
+  if _packed_products(x, kernel, num_in_axes):
+    lead, trail = x.shape[:x.ndim - num_in_axes], kernel.shape[num_in_axes:]
+    return cpu_ffi.matmul(*_matrices(x, kernel, num_in_axes)).reshape(*lead, *trail)
   return jnp.tensordot(x, kernel, axes=num_in_axes)
+
+
+def _packed_products(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> bool:
+  """Whether row_major_dense multiplies by cpu_ffi.matmul: float32 operands and at least PACKED_MIN_ROWS rows of x
+  where the CPU kernels run (fewer rows, as in decoding, are matrix-vector work that packing does not pay for)."""
+  rows = math.prod(x.shape[:x.ndim - num_in_axes])
+  return x.dtype == kernel.dtype == jnp.float32 and rows >= PACKED_MIN_ROWS and cpu_ffi.usable()
+
+
+def _matrices(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> tuple[jax.Array, jax.Array]:
+  """x as [rows, depth] and kernel as [depth, columns] for a product over x's trailing `num_in_axes` axes."""
+  depth = math.prod(kernel.shape[:num_in_axes])
+  return x.reshape(-1, depth), kernel.reshape(depth, -1)
 
 
 def _row_major_dense_fwd(x: jax.Array, kernel: jax.Array, num_in_axes: int) -> tuple[jax.Array, tuple]:
@@ -254,6 +274,10 @@ def _moved(a: jax.Array, split: int) -> jax.Array:
 
 def _row_major_dense_bwd(num_in_axes: int, residuals: tuple, d_out: jax.Array) -> tuple[jax.Array, jax.Array]:
   x, kernel = residuals
+  if _packed_products(x, kernel, num_in_axes) and d_out.dtype == jnp.float32:
+    x_rows, kernel_rows = _matrices(x, kernel, num_in_axes)
+    d_x, d_kernel = cpu_ffi.matmul_backward(x_rows, kernel_rows, d_out.reshape(x_rows.shape[0], -1))
+    return d_x.reshape(x.shape), d_kernel.reshape(kernel.shape)
   num_lead = x.ndim - num_in_axes
   d_x = jnp.tensordot(d_out, _moved(kernel, num_in_axes), axes=kernel.ndim - num_in_axes)
   if x.size < d_out.size:
