@@ -1,6 +1,10 @@
 """The compiled CPU kernels match the XLA paths (flash attention, matmul, transpose); the build is cached, its errors
 named."""
 
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,3 +161,19 @@ def test_without_a_compiler_flash_is_refused_and_dense_falls_back_to_xla(no_comp
   want = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.tensordot(x, w, 1))), argnums=(0, 1))(x, kernel)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_matmul_backward_on_one_thread_matches_numpy():
+  """With one CPU thread for XLA the two gradient products run one after the other (a fresh process pinned to a core)."""
+  script = textwrap.dedent('''
+      import os
+      os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+      import jax, numpy as np
+      from mer_jax.models import cpu_ffi
+      rng = np.random.default_rng(0)
+      x, w, dy = (rng.standard_normal(s, np.float32) for s in ((70, 50), (50, 40), (70, 40)))
+      dx, dw = jax.jit(cpu_ffi.matmul_backward)(x, w, dy)
+      print(np.abs(np.asarray(dx) - dy @ w.T).max(), np.abs(np.asarray(dw) - x.T @ dy).max())
+  ''')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, check=True)
+  assert max(float(e) for e in result.stdout.split()) < 1e-4, result.stdout
